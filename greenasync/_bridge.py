@@ -1,0 +1,491 @@
+"""The bridge: run sync code in reusable worker greenlets on the event loop's thread.
+
+Who runs where
+--------------
+An event loop runs in one greenlet of its thread, the *root* (normally the thread's main
+greenlet): every coroutine step and every loop callback runs there. A *worker* is a child
+greenlet whose parent is the root. It runs one job (a sync callable) at a time and is
+reused afterwards, because creating a greenlet costs ~13 µs here and a switch ~0.5 µs.
+
+The switch protocol, which everything else relies on:
+
+* ``run()`` is a coroutine, so it runs in the root. It switches into a worker with a job.
+* A worker gives control back to the root in exactly two ways: it finished its job
+  (``root.switch(_DONE)``) or it parked in ``Waiter._park`` (``root.switch(_PARKED)``).
+  The root is suspended at exactly one ``switch()`` call at a time, so "switch to the root"
+  always resumes whoever switched in last: ``run()`` for a job's first stretch, a
+  ``Waiter._fire`` loop callback for every later one.
+* A parked worker is resumed only by ``Waiter._fire``, which always runs in the root, from a
+  loop callback (fd readiness, a timer, a ``call_soon`` scheduled by ``Waiter.wake``) or from
+  ``run()`` delivering a cancellation. ``_fire`` is one-shot: whichever event comes first
+  wins, the rest are no-ops, and the fd watcher and timer are removed *before* the switch
+  (uvloop crashed when a greenlet removed the watcher whose callback switched into it).
+
+A call that never parks completes inside ``run()``'s first switch, with no future and no
+loop iteration; a fairness rule (``_FAIR_STREAK``) still yields to the loop after a streak
+of such calls, or one coroutine on a fast connection would starve all others.
+"""
+
+import asyncio
+import contextvars
+import select
+import threading
+import time
+
+from greenlet import GreenletExit, getcurrent, greenlet
+
+from ._errors import ConcurrentUseError, MissingGreenletError, NoRunningLoopError
+
+__all__ = [
+    "run",
+    "in_green_context",
+    "sleep",
+    "wait_readable",
+    "wait_writable",
+    "to_thread",
+    "await_",
+    "Waiter",
+    "TIMED_OUT",
+]
+
+# The stdlib originals, captured once: the shims rebind names in other modules, never these.
+_real_sleep = time.sleep
+_get_ident = threading.get_ident
+_get_running_loop = asyncio._get_running_loop  # None instead of raising; public alias in 3.7+
+_CancelledError = asyncio.CancelledError
+
+_DONE = object()  # a worker finished its job (switched to the root)
+_PARKED = object()  # a worker parked on a Waiter (switched to the root)
+
+
+class _TimedOut:
+    __slots__ = ()
+
+    def __repr__(self):
+        return "greenasync.TIMED_OUT"
+
+    def __bool__(self):
+        return False
+
+
+#: What ``Waiter.wait`` returns when its timeout expired before a wake-up.
+TIMED_OUT = _TimedOut()
+
+# Yield to the loop after this many consecutive calls that completed without parking.
+# On loopback a reply is often buffered already, so a call finishes without a wait; without
+# this rule one coroutine calling in a loop would never let the loop run (a "convoy").
+_FAIR_STREAK = 4
+
+# Idle workers kept per loop; beyond that a finished worker simply ends (it is cheap to make
+# another, and a burst of 10,000 parked calls should not pin 10,000 stacks forever).
+_MAX_IDLE = 1024
+
+
+class _Job:
+    """One call of ``run()``: what to call, in which context, and how it ended."""
+
+    __slots__ = ("fn", "args", "kwargs", "ctx", "future", "result", "exc", "worker", "cancelled")
+
+    def __init__(self, fn, args, kwargs):
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        # Copy the caller's contextvars in, as asyncio.to_thread does: a value set around the
+        # awaited call (pymongo.timeout(), a request id) is visible to the sync code, and what
+        # the sync code sets does not leak back into the caller.
+        self.ctx = contextvars.copy_context()
+        self.future = None  # created by run() only if the job parks
+        self.result = None
+        self.exc = None
+        self.worker = None  # set while a worker runs the job
+        self.cancelled = False
+
+
+class _Hub:
+    """Per-event-loop state: the root greenlet, idle workers, fd waiters, counters."""
+
+    __slots__ = (
+        "loop", "root", "thread_id", "idle", "readers", "writers", "streak",
+        "calls", "parks", "spawned", "cancels",
+    )
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.root = getcurrent()
+        self.thread_id = _get_ident()
+        self.idle = []
+        self.readers = {}  # fd -> Waiter parked on readability
+        self.writers = {}  # fd -> Waiter parked on writability
+        self.streak = 0
+        self.calls = 0
+        self.parks = 0
+        self.spawned = 0
+        self.cancels = 0
+
+
+class _Worker(greenlet):
+    """A reusable greenlet that runs ``run()`` jobs; ``type(getcurrent()) is _Worker``
+    is how every helper decides whether it is in green context."""
+
+    def __init__(self, hub):
+        super().__init__(self._main, hub.root)
+        self.hub = hub
+        self.job = None
+        self.waiter = None  # the Waiter this worker is parked on, if any
+        hub.spawned += 1
+
+    def _main(self, job):
+        hub = self.hub
+        root = hub.root
+        while True:
+            job.worker = self
+            self.job = job
+            try:
+                job.result = job.ctx.run(job.fn, *job.args, **job.kwargs)
+            except GreenletExit as exc:
+                # Killed (loop shutdown or garbage collection): report it to a caller that
+                # still waits as a cancellation, and end this greenlet instead of reusing it.
+                job.exc = exc
+                self._finish(job)
+                return _DONE
+            except BaseException as exc:
+                job.exc = exc
+            self._finish(job)
+            if len(hub.idle) >= _MAX_IDLE:
+                return _DONE  # the greenlet ends; returning switches to the root
+            hub.idle.append(self)
+            # Back to whoever is suspended in the root: run() if the job never parked, the
+            # _fire callback that resumed us otherwise. The next run() switches a job in here.
+            job = root.switch(_DONE)
+
+    def _finish(self, job):
+        self.job = None
+        job.worker = None
+        fut = job.future
+        if fut is None:
+            return  # run() is still inside its first switch and reads job.result/exc itself
+        # Resolve only if still pending: a cancelled caller has already had its future
+        # cancelled, and the outcome of the unwinding job is then dropped.
+        if not fut.done():
+            exc = job.exc
+            if exc is None:
+                fut.set_result(job.result)
+            elif isinstance(exc, GreenletExit):
+                fut.cancel()
+            elif isinstance(exc, StopIteration):
+                # Futures refuse StopIteration; a coroutine would turn it into RuntimeError too.
+                fut.set_exception(RuntimeError("greenasync.run() target raised StopIteration"))
+            else:
+                fut.set_exception(exc)
+        job.exc = job.result = None  # drop references (tracebacks hold frames)
+
+
+_hubs = {}  # loop -> _Hub; entries are dropped by _forget_loop (see shutdown in a later layer)
+_last_hub = None  # fast path: the hub used by the previous call
+
+
+def _hub_for(loop):
+    global _last_hub
+    hub = _last_hub
+    if hub is not None and hub.loop is loop:
+        return hub
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = _Hub(loop)
+    _last_hub = hub
+    return hub
+
+
+def _running_hub(api):
+    loop = _get_running_loop()
+    if loop is None:
+        raise NoRunningLoopError(
+            f"{api} needs a running asyncio event loop; call it from a coroutine "
+            "(for example inside asyncio.run(main()) or a Tornado handler), not from sync code"
+        )
+    hub = _hub_for(loop)
+    if getcurrent() is not hub.root:
+        raise RuntimeError(
+            f"{api} was awaited outside the greenlet that runs the event loop; "
+            "greenasync expects coroutines to run in the loop's own greenlet"
+        )
+    return hub
+
+
+async def run(fn, /, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` in a worker greenlet on the running loop's thread.
+
+    Wherever ``fn`` would block in a patched library (socket I/O, ``time.sleep``, a
+    contended lock, ...) the greenlet parks and the loop runs other work. Returns ``fn``'s
+    result or raises its exception (same object, traceback kept). The caller's contextvars
+    are copied in. Cancelling the awaiting task throws ``asyncio.CancelledError`` into the
+    greenlet at its current wait, so ``finally`` blocks and the library's own cleanup run.
+
+    Raises :class:`NoRunningLoopError` when no event loop is running in this thread.
+    """
+    hub = _running_hub("greenasync.run()")
+    hub.calls += 1
+    job = _Job(fn, args, kwargs)
+    worker = hub.idle.pop() if hub.idle else _Worker(hub)
+    # First stretch: the worker runs fn until it finishes or parks, then switches back here.
+    state = worker.switch(job)
+    if state is _DONE:
+        # Finished without a loop iteration.
+        hub.streak += 1
+        if hub.streak >= _FAIR_STREAK:
+            hub.streak = 0
+            await asyncio.sleep(0)
+        exc = job.exc
+        if exc is not None:
+            job.exc = None
+            try:
+                raise exc
+            finally:
+                exc = None
+        return job.result
+    # Parked: from now on a Waiter._fire callback resumes the worker, and the worker
+    # resolves this future when the job ends.
+    hub.streak = 0
+    fut = job.future = hub.loop.create_future()
+    try:
+        return await fut
+    except _CancelledError:
+        if job.worker is not None:
+            _cancel(job)
+        raise
+
+
+def _cancel(job):
+    """Deliver the awaiting task's cancellation into the job's greenlet (runs in the root).
+
+    Like a task's cancellation, it is delivered once: cleanup code that waits again while
+    unwinding (a lock in a ``finally``) parks normally. The worker goes back to the idle
+    pool only when the job has finished unwinding.
+    """
+    hub = job.worker.hub
+    hub.cancels += 1
+    waiter = job.worker.waiter
+    if waiter is not None and not waiter.fired:
+        # Throw CancelledError at the wait point: the watcher/timer go first, then the
+        # worker unwinds until it parks again or ends, and switches back to us.
+        waiter._fire(None, _CancelledError())
+    else:
+        # A wake-up is already scheduled: the worker gets its value (a lock handed over
+        # must be seen as taken), and its next park raises CancelledError instead.
+        job.cancelled = True
+
+
+def in_green_context():
+    """True inside a greenasync worker greenlet (where waits park instead of blocking)."""
+    return type(getcurrent()) is _Worker
+
+
+class Waiter:
+    """A one-shot wake-up for the current worker greenlet.
+
+    Build it in green context, hand it to whoever will wake you (a lock's queue, a thread's
+    callback), then ``wait()``. ``wake(value)`` may be called from any thread, any number of
+    times: the first wake-up, timeout or cancellation wins and the rest are ignored.
+    Everything that resumes a worker funnels through ``_fire``, on the loop thread, in the
+    root greenlet: one code path for "who resumes whom", so no double resume.
+    """
+
+    __slots__ = ("hub", "worker", "fired", "_table", "_fd", "_timer")
+
+    def __init__(self):
+        worker = getcurrent()
+        if type(worker) is not _Worker:
+            raise MissingGreenletError(
+                "greenasync.Waiter() needs a greenasync worker greenlet; "
+                "only code run by greenasync.run() can park"
+            )
+        self.hub = worker.hub
+        self.worker = worker
+        self.fired = False
+        self._table = None  # hub.readers/hub.writers while an fd watcher is registered
+        self._fd = -1
+        self._timer = None
+
+    def wake(self, value=None):
+        """Resume the waiting greenlet with ``value``. Safe from any thread; never switches
+        directly (the caller may itself be a worker greenlet or another thread)."""
+        loop = self.hub.loop
+        try:
+            if _get_ident() == self.hub.thread_id:
+                loop.call_soon(self._fire, value)
+            else:
+                loop.call_soon_threadsafe(self._fire, value)
+        except RuntimeError:
+            # The loop is closed: the parked greenlet can never run again, and a lock
+            # release in a plain thread must not fail because of that.
+            pass
+
+    def wait(self, timeout=None):
+        """Park until woken; return the wake-up value, or ``TIMED_OUT`` after ``timeout``
+        seconds (``None`` waits forever). Raises ``CancelledError`` if the awaiting task is
+        cancelled meanwhile."""
+        return self._park(timeout)
+
+    def _park(self, timeout):
+        worker = self.worker
+        job = worker.job
+        if job is not None and job.cancelled:
+            job.cancelled = False  # delivered once, here
+            self.fired = True
+            self._cleanup()
+            raise _CancelledError()
+        hub = self.hub
+        if timeout is not None:
+            self._timer = hub.loop.call_later(max(timeout, 0), self._fire, TIMED_OUT)
+        worker.waiter = self
+        hub.parks += 1
+        try:
+            # Park: the root resumes where it switched into this worker (run() or a _fire).
+            value = hub.root.switch(_PARKED)
+        finally:
+            worker.waiter = None
+            if not self.fired:  # resumed by something other than _fire (a kill at shutdown)
+                self.fired = True
+                self._cleanup()
+        return value
+
+    def _fire(self, value, exc=None):
+        # Runs in the root greenlet, from a loop callback or from run()'s cancellation.
+        if self.fired:
+            return
+        self.fired = True
+        self._cleanup()
+        if exc is None:
+            self.worker.switch(value)
+        else:
+            self.worker.throw(exc)
+        # The worker parked again or finished: we are back in the root.
+
+    def _cleanup(self):
+        table = self._table
+        if table is not None:
+            self._table = None
+            del table[self._fd]
+            loop = self.hub.loop
+            if table is self.hub.readers:
+                loop.remove_reader(self._fd)
+            else:
+                loop.remove_writer(self._fd)
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+
+
+def _fileno(fd):
+    return fd if isinstance(fd, int) else fd.fileno()
+
+
+def _wait_fd(fd, timeout, writing):
+    worker = getcurrent()
+    if type(worker) is not _Worker:
+        return _block_on_fd(fd, timeout, writing)
+    hub = worker.hub
+    table = hub.writers if writing else hub.readers
+    if fd in table:
+        raise ConcurrentUseError(
+            f"another greenlet is already waiting for fd {fd} to become "
+            f"{'writable' if writing else 'readable'}; a connection cannot be shared by "
+            "concurrent calls (use one connection per call, e.g. a pool)"
+        )
+    waiter = Waiter()
+    table[fd] = waiter
+    waiter._table = table
+    waiter._fd = fd
+    if writing:
+        hub.loop.add_writer(fd, waiter._fire, True)
+    else:
+        hub.loop.add_reader(fd, waiter._fire, True)
+    return waiter._park(timeout) is True
+
+
+def _block_on_fd(fd, timeout, writing):
+    # Outside green context: block the thread, exactly like a blocking select would.
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if writing else select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return bool(poller.poll(ms))
+
+
+def wait_readable(fd, timeout=None):
+    """Wait until ``fd`` (an int or an object with ``fileno()``) is readable.
+
+    Returns True when ready, False when ``timeout`` seconds passed first. In green context
+    the greenlet parks; elsewhere the thread blocks (as ``select`` would). Raises
+    :class:`ConcurrentUseError` if another greenlet already waits to read this fd.
+    """
+    return _wait_fd(_fileno(fd), timeout, False)
+
+
+def wait_writable(fd, timeout=None):
+    """Like :func:`wait_readable`, for writability."""
+    return _wait_fd(_fileno(fd), timeout, True)
+
+
+def sleep(seconds):
+    """``time.sleep`` that parks the greenlet in green context and blocks elsewhere."""
+    worker = getcurrent()
+    if type(worker) is not _Worker:
+        _real_sleep(seconds)
+        return
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    waiter = Waiter()
+    if seconds == 0:
+        # Still a real yield: let the loop run one round, like asyncio.sleep(0).
+        worker.hub.loop.call_soon(waiter._fire, None)
+        waiter._park(None)
+    else:
+        waiter._park(seconds)
+
+
+def to_thread(fn, /, *args, **kwargs):
+    """Call ``fn`` in the loop's default thread pool while the greenlet parks.
+
+    For code that blocks where no shim reaches (a C extension doing its own I/O, heavy CPU).
+    Outside green context it simply calls ``fn``. A cancellation stops waiting at once but
+    cannot stop a thread that already started; its result is then dropped.
+    """
+    worker = getcurrent()
+    if type(worker) is not _Worker:
+        return fn(*args, **kwargs)
+    ctx = contextvars.copy_context()
+    fut = worker.hub.loop.run_in_executor(None, lambda: ctx.run(fn, *args, **kwargs))
+    return _wait_future(fut)
+
+
+def await_(awaitable):
+    """From sync code in a worker greenlet, await ``awaitable`` on the loop; return its result.
+
+    The greenlet parks while the loop runs the awaitable (as a task, in the greenlet's
+    context). Cancelling the outer call cancels the task. Outside green context it raises
+    :class:`MissingGreenletError`: there is no loop for plain sync code to wait on.
+    """
+    worker = getcurrent()
+    if type(worker) is not _Worker:
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()  # avoid "coroutine was never awaited" on top of our error
+        raise MissingGreenletError(
+            "greenasync.await_() called outside a greenasync greenlet; in a coroutine use "
+            "`await`, and call await_() only from sync code run by greenasync.run()"
+        )
+    fut = asyncio.ensure_future(awaitable, loop=worker.hub.loop)
+    return _wait_future(fut)
+
+
+def _wait_future(fut):
+    if not fut.done():
+        waiter = Waiter()
+        fut.add_done_callback(waiter._fire)  # done callbacks run on the loop, in the root
+        try:
+            waiter._park(None)
+        except BaseException:
+            fut.remove_done_callback(waiter._fire)
+            fut.cancel()
+            raise
+    return fut.result()
