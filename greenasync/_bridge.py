@@ -44,6 +44,7 @@ __all__ = [
     "wait_writable",
     "to_thread",
     "await_",
+    "wait_any",
     "Waiter",
     "TIMED_OUT",
 ]
@@ -290,7 +291,7 @@ class Waiter:
     root greenlet: one code path for "who resumes whom", so no double resume.
     """
 
-    __slots__ = ("hub", "worker", "fired", "_table", "_fd", "_timer")
+    __slots__ = ("hub", "worker", "fired", "_table", "_fd", "_timer", "_more")
 
     def __init__(self):
         worker = getcurrent()
@@ -305,6 +306,7 @@ class Waiter:
         self._table = None  # hub.readers/hub.writers while an fd watcher is registered
         self._fd = -1
         self._timer = None
+        self._more = None  # further (table, fd) watches of a multi-fd wait (select/poll)
 
     def wake(self, value=None):
         """Resume the waiting greenlet with ``value``. Safe from any thread; never switches
@@ -361,16 +363,46 @@ class Waiter:
             self.worker.throw(exc)
         # The worker parked again or finished: we are back in the root.
 
+    def _watch(self, fd, writing):
+        """Register an fd watcher that fires this waiter (at most one waiter per fd and
+        direction: asyncio would silently replace the first one's callback)."""
+        hub = self.hub
+        table = hub.writers if writing else hub.readers
+        if fd in table:
+            raise ConcurrentUseError(
+                f"another greenlet is already waiting for fd {fd} to become "
+                f"{'writable' if writing else 'readable'}; a connection cannot be shared by "
+                "concurrent calls (use one connection per call, e.g. a pool)"
+            )
+        table[fd] = self
+        if self._table is None:
+            self._table = table
+            self._fd = fd
+        else:
+            if self._more is None:
+                self._more = []
+            self._more.append((table, fd))
+        if writing:
+            hub.loop.add_writer(fd, self._fire, True)
+        else:
+            hub.loop.add_reader(fd, self._fire, True)
+
+    def _unwatch(self, table, fd):
+        del table[fd]
+        if table is self.hub.readers:
+            self.hub.loop.remove_reader(fd)
+        else:
+            self.hub.loop.remove_writer(fd)
+
     def _cleanup(self):
         table = self._table
         if table is not None:
             self._table = None
-            del table[self._fd]
-            loop = self.hub.loop
-            if table is self.hub.readers:
-                loop.remove_reader(self._fd)
-            else:
-                loop.remove_writer(self._fd)
+            self._unwatch(table, self._fd)
+            if self._more is not None:
+                for table, fd in self._more:
+                    self._unwatch(table, fd)
+                self._more = None
         timer = self._timer
         if timer is not None:
             self._timer = None
@@ -385,22 +417,39 @@ def _wait_fd(fd, timeout, writing):
     worker = getcurrent()
     if type(worker) is not _Worker:
         return _block_on_fd(fd, timeout, writing)
-    hub = worker.hub
-    table = hub.writers if writing else hub.readers
-    if fd in table:
-        raise ConcurrentUseError(
-            f"another greenlet is already waiting for fd {fd} to become "
-            f"{'writable' if writing else 'readable'}; a connection cannot be shared by "
-            "concurrent calls (use one connection per call, e.g. a pool)"
-        )
     waiter = Waiter()
-    table[fd] = waiter
-    waiter._table = table
-    waiter._fd = fd
-    if writing:
-        hub.loop.add_writer(fd, waiter._fire, True)
-    else:
-        hub.loop.add_reader(fd, waiter._fire, True)
+    waiter._watch(fd, writing)
+    return waiter._park(timeout) is True
+
+
+def wait_any(readable, writable, timeout=None):
+    """Wait until any fd in ``readable`` is readable or any in ``writable`` is writable.
+
+    Returns True if something became ready, False on timeout; it does not say which fd
+    (callers such as the select/poll shims re-poll with a zero timeout to find out).
+    Outside green context it blocks the thread in ``poll``.
+    """
+    readable = [_fileno(fd) for fd in readable]
+    writable = [_fileno(fd) for fd in writable]
+    worker = getcurrent()
+    if type(worker) is not _Worker:
+        poller = select.poll()
+        for fd in readable:
+            poller.register(fd, select.POLLIN)
+        for fd in writable:
+            poller.modify(fd, select.POLLIN | select.POLLOUT) if fd in readable else poller.register(fd, select.POLLOUT)
+        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        return bool(poller.poll(ms))
+    waiter = Waiter()
+    try:
+        for fd in readable:
+            waiter._watch(fd, False)
+        for fd in writable:
+            waiter._watch(fd, True)
+    except BaseException:
+        waiter.fired = True
+        waiter._cleanup()
+        raise
     return waiter._park(timeout) is True
 
 
