@@ -8,10 +8,13 @@ the kind can take the ``loop_kind`` argument.
 import asyncio
 import inspect
 import os
+import sys
 
 import pytest
 
 LOOP_KINDS = ["asyncio", "uvloop", "tornado"]
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/servers.py and other test helpers
 
 
 def pytest_generate_tests(metafunc):
@@ -92,5 +95,22 @@ class Ticker:
             pass
 
 
-def server_env(name, default):
-    return os.environ.get(name, default)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """URL of a real Redis (REDIS_URL, else the machine's, else a private redis-server)."""
+    from servers import redis_url as find
+
+    url, private = find()
+    yield url
+    if private is not None:
+        private.stop()
+
+
+@pytest.fixture(scope="session")
+def mysql_params():
+    """Connection parameters of a real MariaDB/MySQL (MYSQL_HOST/MYSQL_PORT/...)."""
+    from servers import mysql_params as find
+
+    return find()

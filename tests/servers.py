@@ -1,0 +1,80 @@
+"""Real servers for the integration tests.
+
+Each is found through an environment variable with this machine's default. When the
+default Redis is unreachable and ``redis-server`` is installed, a private one is started on
+a free port for the session. A server that can be neither reached nor started fails the
+test with a message naming it and the variable to set.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+
+import pytest
+
+
+def reachable(host, port, timeout=0.5):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PrivateRedis:
+    """A throwaway ``redis-server`` on a free loopback port (no persistence)."""
+
+    def __init__(self, *extra_args):
+        self.port = free_port()
+        self.dir = tempfile.TemporaryDirectory(prefix="greenasync-redis-")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", self.dir.name, *extra_args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not reachable("127.0.0.1", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("could not start a private redis-server")
+            time.sleep(0.02)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.dir.cleanup()
+
+
+def redis_url():
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    parts = urllib.parse.urlparse(url)
+    if reachable(parts.hostname or "127.0.0.1", parts.port or 6379):
+        return url, None
+    if shutil.which("redis-server"):
+        server = PrivateRedis()
+        return server.url, server
+    pytest.fail(f"Redis is not reachable at REDIS_URL={url} and redis-server is not installed "
+                "to start a private one; start Redis or set REDIS_URL")
+
+
+def mysql_params():
+    host = os.environ.get("MYSQL_HOST", "127.0.0.1")
+    port = int(os.environ.get("MYSQL_PORT", "3306"))
+    if not reachable(host, port):
+        pytest.fail(f"MariaDB/MySQL is not reachable at MYSQL_HOST={host} MYSQL_PORT={port}; "
+                    "start it (user root, no password, database test) or set those variables")
+    return {"host": host, "port": port, "user": os.environ.get("MYSQL_USER", "root"),
+            "password": os.environ.get("MYSQL_PASSWORD", ""),
+            "database": os.environ.get("MYSQL_DATABASE", "test")}
