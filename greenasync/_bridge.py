@@ -89,7 +89,9 @@ _MAX_IDLE = 1024
 class _Job:
     """One call of ``run()``: what to call, in which context, and how it ended."""
 
-    __slots__ = ("fn", "args", "kwargs", "ctx", "future", "result", "exc", "worker", "cancelled")
+    __slots__ = (
+        "fn", "args", "kwargs", "ctx", "future", "result", "exc", "worker", "cancelled", "locals",
+    )
 
     def __init__(self, fn, args, kwargs):
         self.fn = fn
@@ -103,7 +105,8 @@ class _Job:
         self.result = None
         self.exc = None
         self.worker = None  # set while a worker runs the job
-        self.cancelled = False
+        self.cancelled = False  # a cancellation to deliver at the next park
+        self.locals = None  # green.threading.local storage of this job, made on first use
 
 
 class _Hub:
