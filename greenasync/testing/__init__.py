@@ -1,0 +1,6 @@
+"""Test helpers shipped with greenasync.
+
+``greenasync.testing.mongo_server``: a MongoDB wire-protocol server backed by mongomock, so
+pymongo's real network code can be tested without a ``mongod``. It is not imported here, so
+``python -m greenasync.testing.mongo_server`` runs without a double-import warning.
+"""
