@@ -81,6 +81,12 @@ TIMED_OUT = _TimedOut()
 # instead costs a loop iteration per call (~3 µs on asyncio here) when nobody else waits.
 _FAIR_STREAK = 8
 
+# Kinds of parked waits, counted per hub for greenasync.statistics(): an index into
+# _Hub.parked (waits in progress) and _Hub.park_kinds (totals). A counter bump per park
+# (~20 ns) against a park's ~5-10 µs, so always on.
+PARK_KINDS = ("read", "write", "sleep", "lock", "thread", "await")
+_READ, _WRITE, _SLEEP, _LOCK, _THREAD, _AWAIT = range(len(PARK_KINDS))
+
 # Idle workers kept per loop; beyond that a finished worker simply ends (it is cheap to make
 # another, and a burst of 10,000 parked calls should not pin 10,000 stacks forever).
 _MAX_IDLE = 1024
@@ -114,7 +120,7 @@ class _Hub:
 
     __slots__ = (
         "loop", "root", "thread_id", "idle", "readers", "writers", "streak", "ready",
-        "calls", "parks", "spawned", "cancels",
+        "calls", "parks", "spawned", "cancels", "ended", "parked", "park_kinds",
     )
 
     def __init__(self, loop):
@@ -133,6 +139,9 @@ class _Hub:
         self.parks = 0
         self.spawned = 0
         self.cancels = 0
+        self.ended = 0  # workers that finished for good: live workers = spawned - ended
+        self.parked = [0] * len(PARK_KINDS)  # waits in progress, by kind
+        self.park_kinds = [0] * len(PARK_KINDS)  # parks since the hub was made, by kind
 
 
 class _Worker(greenlet):
@@ -147,6 +156,15 @@ class _Worker(greenlet):
         hub.spawned += 1
 
     def _main(self, job):
+        # One frame around the serving loop, so the live-worker count stays right however
+        # the greenlet ends (pool full, GreenletExit, a kill at shutdown). It is also the
+        # bottom frame of every worker stack, which is how the watchdog recognises one.
+        try:
+            return self._serve(job)
+        finally:
+            self.hub.ended += 1
+
+    def _serve(self, job):
         hub = self.hub
         root = hub.root
         while True:
@@ -341,10 +359,10 @@ class Waiter:
     def wait(self, timeout=None):
         """Park until woken; return the wake-up value, or ``TIMED_OUT`` after ``timeout``
         seconds (``None`` waits forever). Raises ``CancelledError`` if the awaiting task is
-        cancelled meanwhile."""
-        return self._park(timeout)
+        cancelled meanwhile. Counted as a ``"lock"`` wait by ``greenasync.statistics()``."""
+        return self._park(timeout, _LOCK)
 
-    def _park(self, timeout):
+    def _park(self, timeout, kind=_LOCK):
         worker = self.worker
         job = worker.job
         if job is not None and job.cancelled:
@@ -357,10 +375,14 @@ class Waiter:
             self._timer = hub.loop.call_later(max(timeout, 0), self._fire, TIMED_OUT)
         worker.waiter = self
         hub.parks += 1
+        hub.park_kinds[kind] += 1
+        parked = hub.parked
+        parked[kind] += 1
         try:
             # Park: the root resumes where it switched into this worker (run() or a _fire).
             value = hub.root.switch(_PARKED)
         finally:
+            parked[kind] -= 1
             worker.waiter = None
             if not self.fired:  # resumed by something other than _fire (a kill at shutdown)
                 self.fired = True
@@ -373,6 +395,9 @@ class Waiter:
             return
         self.fired = True
         self._cleanup()
+        self._resume(value, exc)
+
+    def _resume(self, value, exc=None):
         if exc is None:
             self.worker.switch(value)
         else:
@@ -435,7 +460,7 @@ def _wait_fd(fd, timeout, writing):
         return _block_on_fd(fd, timeout, writing)
     waiter = Waiter()
     waiter._watch(fd, writing)
-    return waiter._park(timeout) is True
+    return waiter._park(timeout, _WRITE if writing else _READ) is True
 
 
 def wait_any(readable, writable, timeout=None):
@@ -463,7 +488,8 @@ def wait_any(readable, writable, timeout=None):
         waiter.fired = True
         waiter._cleanup()
         raise
-    return waiter._park(timeout) is True
+    kind = _READ if readable else _WRITE if writable else _SLEEP  # select([], [], [], t)
+    return waiter._park(timeout, kind) is True
 
 
 def _block_on_fd(fd, timeout, writing):
@@ -477,6 +503,31 @@ def _block_poll(events, timeout):
         poller.register(fd, mask)
     ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))  # round up
     return bool(poller.poll(ms))
+
+
+def cancel_wait(fd, exc):
+    """Throw ``exc`` into the greenlets of this thread's running loop that are parked on
+    ``fd``; the socket shim calls it just before closing ``fd``.
+
+    Without it a greenlet parked on a socket that another greenlet closes would never wake,
+    and its stale registration would make the next socket that reuses the fd number fail
+    with ConcurrentUseError. Watchers are removed now, while the fd is still open; the
+    greenlets are resumed from a loop callback (the closer may itself be a worker).
+    """
+    loop = _get_running_loop()
+    hub = _hubs.get(loop) if loop is not None else None
+    if hub is None:
+        return 0
+    fd = _fileno(fd)
+    cancelled = 0
+    for table in (hub.readers, hub.writers):
+        waiter = table.get(fd)
+        if waiter is not None and not waiter.fired:
+            waiter.fired = True
+            waiter._cleanup()
+            hub.loop.call_soon(waiter._resume, None, exc)
+            cancelled += 1
+    return cancelled
 
 
 def wait_readable(fd, timeout=None):
@@ -506,9 +557,9 @@ def sleep(seconds):
     if seconds == 0:
         # Still a real yield: let the loop run one round, like asyncio.sleep(0).
         worker.hub.loop.call_soon(waiter._fire, None)
-        waiter._park(None)
+        waiter._park(None, _SLEEP)
     else:
-        waiter._park(seconds)
+        waiter._park(seconds, _SLEEP)
 
 
 def to_thread(fn, /, *args, **kwargs):
@@ -523,7 +574,7 @@ def to_thread(fn, /, *args, **kwargs):
         return fn(*args, **kwargs)
     ctx = contextvars.copy_context()
     fut = worker.hub.loop.run_in_executor(None, lambda: ctx.run(fn, *args, **kwargs))
-    return _wait_future(fut)
+    return _wait_future(fut, _THREAD)
 
 
 def await_(awaitable):
@@ -542,15 +593,15 @@ def await_(awaitable):
             "`await`, and call await_() only from sync code run by greenasync.run()"
         )
     fut = asyncio.ensure_future(awaitable, loop=worker.hub.loop)
-    return _wait_future(fut)
+    return _wait_future(fut, _AWAIT)
 
 
-def _wait_future(fut):
+def _wait_future(fut, kind=_THREAD):
     if not fut.done():
         waiter = Waiter()
         fut.add_done_callback(waiter._fire)  # done callbacks run on the loop, in the root
         try:
-            waiter._park(None)
+            waiter._park(None, kind)
         except BaseException:
             fut.remove_done_callback(waiter._fire)
             fut.cancel()
