@@ -8,6 +8,7 @@ green/         hybrid shims of socket, ssl, select, selectors, time, threading, 
                cooperate inside a greenasync greenlet and are exactly the stdlib elsewhere.
 _patch.py      scoped patching: rebinds, in one package's modules only, the names that refer
                to those stdlib modules/functions/classes to the shims. Reversible.
+_wrap.py       the wrap() decorator: a declarative awaitable facade over a sync class.
 _errors.py     greenasync's own exceptions; a wrapped library's errors pass through unchanged.
 
 A call flows: ``await run(fn)`` (coroutine, in the loop's greenlet) switches into a worker
@@ -28,10 +29,38 @@ from ._bridge import (
     wait_writable,
 )
 from ._errors import ConcurrentUseError, GreenasyncError, MissingGreenletError, NoRunningLoopError
+from ._patch import PatchReport, Rebinding, patch, patch_all, patched, unpatch, unpatch_all
+from ._wrap import (
+    AsyncContextManager,
+    AsyncIter,
+    AsyncIterator,
+    Chain,
+    Property,
+    SyncMethod,
+    Wrapper,
+    Wraps,
+    wrap,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "wrap",
+    "Wrapper",
+    "SyncMethod",
+    "Chain",
+    "Property",
+    "Wraps",
+    "AsyncIter",
+    "AsyncIterator",
+    "AsyncContextManager",
+    "patch",
+    "unpatch",
+    "patched",
+    "patch_all",
+    "unpatch_all",
+    "PatchReport",
+    "Rebinding",
     "run",
     "in_green_context",
     "sleep",
