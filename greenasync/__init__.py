@@ -9,6 +9,8 @@ green/         hybrid shims of socket, ssl, select, selectors, time, threading, 
 _patch.py      scoped patching: rebinds, in one package's modules only, the names that refer
                to those stdlib modules/functions/classes to the shims. Reversible.
 _wrap.py       the wrap() decorator: a declarative awaitable facade over a sync class.
+_watchdog.py   watchdog(): reports loop stalls with the stack that stalled them; statistics().
+pytest_plugin  a fixture/marker that fails a test whose loop stalls.
 _errors.py     greenasync's own exceptions; a wrapped library's errors pass through unchanged.
 
 A call flows: ``await run(fn)`` (coroutine, in the loop's greenlet) switches into a worker
@@ -30,6 +32,7 @@ from ._bridge import (
 )
 from ._errors import ConcurrentUseError, GreenasyncError, MissingGreenletError, NoRunningLoopError
 from ._patch import PatchReport, Rebinding, patch, patch_all, patched, unpatch, unpatch_all
+from ._watchdog import Stall, StallFrame, Statistics, Watchdog, statistics, watchdog
 from ._wrap import (
     AsyncContextManager,
     AsyncIter,
@@ -61,6 +64,12 @@ __all__ = [
     "unpatch_all",
     "PatchReport",
     "Rebinding",
+    "watchdog",
+    "Watchdog",
+    "Stall",
+    "StallFrame",
+    "statistics",
+    "Statistics",
     "run",
     "in_green_context",
     "sleep",

@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+pytest_plugins = ["greenasync.pytest_plugin"]
+
 LOOP_KINDS = ["asyncio", "uvloop", "tornado"]
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/servers.py and other test helpers
