@@ -77,13 +77,13 @@ class Ticker:
 
     async def _run(self):
         loop = asyncio.get_running_loop()
-        last = loop.time()
+        self._last = loop.time()
         while True:
             await asyncio.sleep(self.interval)
             now = loop.time()
-            self.max_gap = max(self.max_gap, now - last)
+            self.max_gap = max(self.max_gap, now - self._last)
             self.ticks += 1
-            last = now
+            self._last = now
 
     async def __aenter__(self):
         # Collect the garbage earlier tests left, so a full collection (tens of ms late in
@@ -94,6 +94,9 @@ class Ticker:
         return self
 
     async def __aexit__(self, *exc):
+        # The gap still open at the end counts too: a loop blocked for the whole measurement
+        # never ticks at all, and would otherwise report no stall.
+        self.max_gap = max(self.max_gap, asyncio.get_running_loop().time() - self._last)
         self._task.cancel()
         try:
             await self._task

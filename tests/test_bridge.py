@@ -400,3 +400,20 @@ async def test_many_random_cancellations_leave_no_registrations():
         assert 0 < cancelled <= len(tasks[::3])
         assert hub().readers == {} and hub().writers == {}
         assert len(hub().idle) == hub().spawned
+
+
+def test_idle_workers_of_closed_loops_are_not_leaked():
+    import gc
+
+    from greenasync import _bridge
+
+    async def burst():
+        await asyncio.gather(*[greenasync.run(greenasync.sleep, 0.001) for _ in range(200)])
+
+    counts = []
+    for _ in range(4):
+        asyncio.run(burst())
+        gc.collect()
+        counts.append(sum(type(obj) is _bridge._Worker for obj in gc.get_objects()))
+    # Each new loop ends the previous loop's idle workers: the count does not grow.
+    assert counts[-1] <= counts[0] <= 200 + 50, counts

@@ -397,8 +397,13 @@ async def test_statistics_totals_for_a_known_workload():
     # greenlet's own tracer counts the switches into workers independently of greenasync.
     into_workers = []
 
+    hub = _bridge._hub_for(asyncio.get_running_loop())
+
     def trace(event, args):
-        if event in ("switch", "throw") and type(args[1]) is _bridge._Worker:
+        # Only this loop's workers: idle workers of earlier, closed loops are ended (thrown
+        # into) from this loop too.
+        target = args[1]
+        if event in ("switch", "throw") and type(target) is _bridge._Worker and target.hub is hub:
             into_workers.append(event)
 
     previous = greenlet.settrace(trace)
