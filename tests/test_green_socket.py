@@ -140,8 +140,8 @@ async def test_recv_parks_without_stalling_the_loop(ticker):
     with a, b:
         # The peer is a thread: a recv that blocked the loop would show as a stall, not a hang.
         timer = threading.Timer(0.3, b.send, (b"ping",))
-        timer.start()
         async with ticker() as t:
+            timer.start()
             start_time = time.monotonic()
             data = await greenasync.run(a.recv, 10)
             elapsed = time.monotonic() - start_time
