@@ -21,7 +21,6 @@ import redis
 
 import greenasync
 from greenasync import _bridge, _patch
-from greenasync import _wrap as _wrap_module
 from greenasync._wrap import (
     AsyncContextManager,
     AsyncIter,
@@ -765,10 +764,3 @@ def test_parity_redis():
     assert not_async == []  # every public method, I/O or not, is a coroutine function
     assert len(public(sync)) > 400
     sync.close()
-
-
-def test_public_exports():
-    for name in ("wrap", "Wrapper", "SyncMethod", "Chain", "Property", "Wraps", "AsyncIter",
-                 "AsyncIterator", "AsyncContextManager"):
-        assert getattr(greenasync, name, None) is getattr(_wrap_module, name), name
-        assert name in greenasync.__all__

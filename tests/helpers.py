@@ -1,0 +1,35 @@
+"""Small helpers shared by the async tests (tests/ is on sys.path via conftest)."""
+
+import asyncio
+import threading
+import time
+
+
+async def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.002)
+
+
+def start_thread(fn, *args):
+    """Run ``fn`` in a new OS thread; return a future (of the running loop) for its result."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def settle(result, exc):
+        if not fut.done():
+            fut.set_exception(exc) if exc is not None else fut.set_result(result)
+
+    def body():
+        try:
+            result, exc = fn(*args), None
+        except BaseException as e:  # reported to the test through the future
+            result, exc = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:
+            pass  # the loop is gone: the test already failed
+
+    threading.Thread(target=body, daemon=True).start()
+    return fut
