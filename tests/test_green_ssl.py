@@ -339,3 +339,20 @@ async def test_get_server_certificate_in_a_greenlet():
         pem = await greenasync.run(gssl.get_server_certificate, server.address)
     with open(CERT) as f:
         assert stdssl.PEM_cert_to_DER_cert(pem) == stdssl.PEM_cert_to_DER_cert(f.read())
+
+
+def test_stand_in_classes_accept_stdlib_instances_in_type_checks():
+    # Inside a patched library these names *are* the shim classes; its own isinstance checks
+    # must keep accepting the stdlib objects a user hands it.
+    import socket as std_socket
+    import ssl as std_ssl
+
+    from greenasync.green import socket as green_socket
+
+    context = std_ssl.create_default_context()
+    assert isinstance(context, gssl.SSLContext)
+    assert issubclass(std_ssl.SSLSocket, gssl.SSLSocket)
+    assert isinstance(gssl.create_default_context(), std_ssl.SSLContext)
+    with std_socket.socket() as plain:
+        assert isinstance(plain, green_socket.socket)
+    assert not isinstance(context, green_socket.socket)

@@ -26,6 +26,26 @@ SHIMS = {
 }
 
 
+class StandIn(type):
+    """Metaclass of a shim class that replaces a stdlib class in patched modules.
+
+    Inside a patched library ``socket.socket`` or ``ssl.SSLContext`` *is* the shim class,
+    so the library's own type checks would reject the stdlib objects a user hands it
+    (PyMySQL's ``isinstance(ssl, ssl.SSLContext)`` took a stdlib context for a dict).
+    ``isinstance``/``issubclass`` against the stand-in itself therefore answer as they would
+    against the stdlib class named by its ``_greenasync_stdlib_class``; subclasses of the
+    stand-in keep the ordinary checks.
+    """
+
+    def __instancecheck__(cls, obj):
+        std = cls.__dict__.get("_greenasync_stdlib_class")
+        return isinstance(obj, std) if std is not None else super().__instancecheck__(obj)
+
+    def __subclasscheck__(cls, sub):
+        std = cls.__dict__.get("_greenasync_stdlib_class")
+        return issubclass(sub, std) if std is not None else super().__subclasscheck__(sub)
+
+
 def load(name):
     """Return the shim module for stdlib module ``name`` (e.g. ``"socket"``)."""
     return importlib.import_module(SHIMS[name])

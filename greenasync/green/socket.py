@@ -32,6 +32,7 @@ from types import FunctionType as _FunctionType
 
 # Private names only: a shim exposes the stdlib's names plus its overrides, nothing else.
 from .._bridge import cancel_wait as _cancel_wait
+from . import StandIn as _StandIn
 from .._bridge import in_green_context as _in_green_context, sleep as _sleep
 from .._bridge import to_thread as _to_thread, wait_readable as _wait_readable
 from .._bridge import wait_writable as _wait_writable
@@ -101,11 +102,13 @@ def _cooperative(op, writing, keywords=False):
     return method
 
 
-class socket(_std.socket):
+class socket(_std.socket, metaclass=_StandIn):
     """``socket.socket`` whose blocking operations park a greenasync greenlet; outside a
-    greenlet it behaves exactly like the stdlib class (it is a subclass of it)."""
+    greenlet it behaves exactly like the stdlib class (it is a subclass of it, and
+    ``isinstance(stdlib_socket, socket)`` is true as well)."""
 
     __slots__ = ("_timeout",)
+    _greenasync_stdlib_class = _std.socket
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         super().__init__(family, type, proto, fileno)

@@ -24,6 +24,7 @@ this module's ``SSLSocket`` makes that one context cooperative (and stays hybrid
 import ssl as _std
 from time import monotonic as _monotonic
 
+from . import StandIn as _StandIn
 from . import socket as _gsocket
 from .socket import _rehome
 
@@ -68,6 +69,8 @@ def _handshake_timeout_message():
 
 class SSLSocket(_std.SSLSocket, _gsocket.socket):
     """``ssl.SSLSocket`` whose TLS operations park a greenasync greenlet."""
+
+    _greenasync_stdlib_class = _std.SSLSocket  # isinstance() as for the stdlib class
 
     def _retry_tls(self, what, timeout, call, *args):
         # Try the non-blocking TLS call; on want-read/want-write, wait through the bridge
@@ -126,10 +129,14 @@ class SSLSocket(_std.SSLSocket, _gsocket.socket):
     unwrap.__doc__ = _std.SSLSocket.unwrap.__doc__
 
 
-class SSLContext(_std.SSLContext):
-    """``ssl.SSLContext`` whose ``wrap_socket`` returns cooperative ``SSLSocket`` objects."""
+class SSLContext(_std.SSLContext, metaclass=_StandIn):
+    """``ssl.SSLContext`` whose ``wrap_socket`` returns cooperative ``SSLSocket`` objects.
+
+    A stdlib context passed to a patched library still passes its ``isinstance`` checks
+    (it then makes blocking sockets; set its ``sslsocket_class`` to ours to cooperate)."""
 
     sslsocket_class = SSLSocket
+    _greenasync_stdlib_class = _std.SSLContext
 
 
 # --- Stdlib helpers re-bound to this module's names (see ``_rehome`` in green/socket.py).
