@@ -280,7 +280,7 @@ def _member(sync, name, raw, mode="async", wraps=None):
         elif mode == "sync":
             def method(*args, **kwargs):
                 wcls, owner, args = split(args)
-                return _convert(wcls, owner, call(owner or wcls, args, kwargs), True, wraps)
+                return _convert(wcls, owner, call(wcls if owner is None else owner, args, kwargs), True, wraps)
         elif mode == "chain":
             def method(self, *args, **kwargs):
                 result = call(self, args, kwargs)

@@ -764,3 +764,17 @@ def test_parity_redis():
     assert not_async == []  # every public method, I/O or not, is a coroutine function
     assert len(public(sync)) > 400
     sync.close()
+
+
+def test_sync_method_dunder_on_an_empty_object_does_not_recurse():
+    # The wrapper itself is falsy when its __len__ is 0: it must still be passed as `self`.
+    class Bag:
+        def __len__(self):
+            return 0
+
+    @greenasync.wrap(Bag, patch=False, register=False)
+    class AsyncBag:
+        __len__ = greenasync.SyncMethod()
+
+    assert len(AsyncBag()) == 0
+    assert not AsyncBag()
