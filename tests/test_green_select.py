@@ -42,8 +42,8 @@ def test_modules_pass_the_rest_through():
 async def test_select_waits_for_readability_without_stalling(ticker):
     a, b = std.socketpair()
     with a, b:
-        asyncio.get_running_loop().call_later(0.2, b.send, b"x")
         async with ticker() as t:
+            asyncio.get_running_loop().call_later(0.2, b.send, b"x")
             ready, elapsed = await timed(gselect.select, [a], [], [], 5)
         assert ready == ([a], [], [])
         assert 0.15 <= elapsed < 2
@@ -84,8 +84,8 @@ async def test_poll_register_modify_unregister_and_wait(ticker):
     with a, b:
         poller = gselect.poll()
         poller.register(a, gselect.POLLIN)
-        asyncio.get_running_loop().call_later(0.2, b.send, b"x")
         async with ticker() as t:
+            asyncio.get_running_loop().call_later(0.2, b.send, b"x")
             ready, elapsed = await timed(poller.poll, None)
         assert ready == [(a.fileno(), gselect.POLLIN)] and elapsed >= 0.15
         assert a.recv(1) == b"x"
@@ -127,8 +127,8 @@ async def test_selectors_wait_cooperatively(name, ticker):
         async with ticker() as t:
             ready, elapsed = await timed(selector.select, 0.15)
         assert ready == [] and 0.15 <= elapsed < 0.6
-        asyncio.get_running_loop().call_later(0.1, b.send, b"x")
         async with ticker() as t2:
+            asyncio.get_running_loop().call_later(0.1, b.send, b"x")
             ready, elapsed = await timed(selector.select, None)
         assert ready == [(key, gselectors.EVENT_READ)] and ready[0][0].data == "payload"
         assert t.max_gap < MAX_GAP and t2.max_gap < MAX_GAP
