@@ -33,3 +33,23 @@ def start_thread(fn, *args):
 
     threading.Thread(target=body, daemon=True).start()
     return fut
+
+
+def start_sync_writers(client, prefix, errors, threads=4, keys=100):
+    """Plain threads doing SET/GET through a sync redis client; a wrong reply or an error
+    is appended to ``errors``. Returns the started threads (join them)."""
+
+    def work(tid):
+        try:
+            for i in range(keys):
+                key = f"{prefix}t{tid}:{i}"
+                client.set(key, key)
+                if client.get(key) != key.encode():
+                    errors.append(key)
+        except Exception as exc:  # reported by the caller through `errors`
+            errors.append(exc)
+
+    started = [threading.Thread(target=work, args=(tid,)) for tid in range(threads)]
+    for thread in started:
+        thread.start()
+    return started

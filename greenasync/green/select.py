@@ -23,6 +23,7 @@ from operator import index as _index
 from time import monotonic as _monotonic
 
 from .._bridge import in_green_context as _in_green_context, sleep as _sleep
+from .._bridge import _fileno
 from .._bridge import wait_any as _wait_any
 
 __greenasync_stdlib__ = _std
@@ -38,10 +39,6 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(dir(_std)) | set(globals()))
-
-
-def _fileno(obj):
-    return obj if isinstance(obj, int) else obj.fileno()
 
 
 def _number(value, type_message):

@@ -1,7 +1,6 @@
 """redis-py (unchanged, scoped-patched) driven by greenasync.run against a real Redis."""
 
 import asyncio
-import threading
 import time
 import uuid
 
@@ -9,6 +8,7 @@ import pytest
 import redis
 
 import greenasync
+from helpers import start_sync_writers
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,19 +124,7 @@ async def test_same_client_from_threads_and_coroutines(redis_url, prefix):
     client = redis.Redis(connection_pool=pool)
     errors = []
 
-    def thread_work(tid):
-        try:
-            for i in range(100):
-                key = f"{prefix}t{tid}:{i}"
-                client.set(key, key)
-                if client.get(key) != key.encode():
-                    errors.append(key)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=thread_work, args=(tid,)) for tid in range(4)]
-    for thread in threads:
-        thread.start()
+    threads = start_sync_writers(client, prefix, errors)
 
     async def green_work(i):
         key = f"{prefix}g{i}"

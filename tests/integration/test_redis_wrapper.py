@@ -16,6 +16,7 @@ from redis.retry import Retry
 
 import greenasync
 import greenasync.redis as gr
+from helpers import start_sync_writers
 
 STALL = 0.1  # longest loop stall tolerated where a test waits >= 0.3 s (2 shared cores)
 
@@ -563,19 +564,7 @@ async def test_same_client_from_threads_and_coroutines(redis_url, prefix, closin
     r = closing(gr.Redis(connection_pool=pool))
     errors = []
 
-    def thread_work(tid):
-        try:
-            for i in range(100):
-                key = f"{prefix}t{tid}:{i}"
-                r.delegate.set(key, key)
-                if r.delegate.get(key) != key.encode():
-                    errors.append(key)
-        except Exception as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=thread_work, args=(tid,)) for tid in range(4)]
-    for thread in threads:
-        thread.start()
+    threads = start_sync_writers(r.delegate, prefix, errors)
 
     async def green_work(i):
         out = []
