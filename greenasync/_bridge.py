@@ -16,22 +16,27 @@ The switch protocol, which everything else relies on:
   always resumes whoever switched in last: ``run()`` for a job's first stretch, a
   ``Waiter._fire`` loop callback for every later one.
 * A parked worker is resumed only by ``Waiter._fire``, which always runs in the root, from a
-  loop callback (fd readiness, a timer, a ``call_soon`` scheduled by ``Waiter.wake``) or from
-  ``run()`` delivering a cancellation. ``_fire`` is one-shot: whichever event comes first
-  wins, the rest are no-ops, and the fd watcher and timer are removed *before* the switch
-  (uvloop crashed when a greenlet removed the watcher whose callback switched into it).
+  loop callback (the hub's epoll dispatch, its deadline timer, a ``call_soon`` scheduled by
+  ``Waiter.wake``) or from ``run()`` delivering a cancellation. ``_fire`` is one-shot:
+  whichever event comes first wins, the rest are no-ops, and the waiter leaves the hub's fd
+  tables and deadline heap *before* the switch. The loop itself watches only the hub's epoll
+  fd, which no greenlet ever removes (uvloop crashed when a greenlet removed the watcher
+  whose callback had switched into it).
 
 A call that never parks completes inside ``run()``'s first switch, with no future and no
 loop iteration; a fairness rule (``_FAIR_STREAK``) still yields to the loop after a streak
-of such calls, or one coroutine on a fast connection would starve all others.
+of such calls, or one coroutine on a fast connection would starve all others. Calls that
+park are run in time slices (``_SLICE``) for the same reason.
 """
 
 import asyncio
 import contextvars
+import itertools
 import select
 import threading
 import time
 import weakref
+from heapq import heapify, heappop, heappush
 
 from greenlet import GreenletExit, getcurrent, greenlet
 
@@ -82,6 +87,16 @@ TIMED_OUT = _TimedOut()
 # instead costs a loop iteration per call (~3 µs on asyncio here) when nobody else waits.
 _FAIR_STREAK = 8
 
+# Slices. The loop runs every ready callback of an iteration before it polls again, so 200
+# calls started (or resumed) in one iteration run back to back: at ~100 µs of library code
+# each, a 20 ms iteration in which no timer or other task runs. The hub counts greenlet time
+# in slices of _SLICE, started by the first park or resumption of an iteration; past it,
+# run() yields before starting its call and Waiter._fire queues the resumption behind what
+# is already ready. A marker callback ends the slice at the next iteration. (Calls that
+# never park are bounded by _FAIR_STREAK, and stay off this clock.)
+_SLICE = 0.005
+_clock = time.perf_counter
+
 # Kinds of parked waits, for greenasync.statistics(): each park stores its kind on the
 # Waiter (waits in progress are found through _Hub.workers, off the hot path) and bumps
 # _Hub.park_kinds[kind] (totals; it replaces a plain `parks` counter). Measured: +0.03 µs
@@ -92,6 +107,32 @@ _READ, _WRITE, _SLEEP, _LOCK, _THREAD, _AWAIT = range(len(PARK_KINDS))
 # Idle workers kept per loop; beyond that a finished worker simply ends (it is cheap to make
 # another, and a burst of 10,000 parked calls should not pin 10,000 stacks forever).
 _MAX_IDLE = 1024
+
+# Readiness. Registering an fd with the loop for every wait (add_reader, then remove_reader
+# when it fires) cost ~18 µs per wait on asyncio here (Python selector bookkeeping and two
+# epoll_ctl calls) and ~7 µs on uvloop: most of a park. Instead each hub owns a private epoll
+# set, edge-triggered, both directions: an fd joins it at its first wait and stays until its
+# socket closes, and the loop watches only the epoll fd, once. Edge-triggered suits how every
+# caller waits (try the non-blocking call first, wait only after EAGAIN: each later arrival
+# is a new edge); readiness that nobody waits for is dropped without spinning, which a
+# level-triggered set would not do for an idle pooled connection the server has closed. The
+# loop's own fd table never sees our sockets, so a socket closed in another thread (pymongo's
+# monitor resetting its pool) cannot leave a stale entry behind that would swallow the next
+# registration of the same fd number by the loop or by an asyncio transport.
+_EPOLL = getattr(select, "epoll", None)  # Linux; elsewhere each wait uses add_reader/remove_reader
+if _EPOLL is not None:
+    _EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+    _EPOLL_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+    _EPOLL_WRITE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+
+# Deadlines. A loop timer per timed wait (call_later, cancelled when the fd wins, which is
+# nearly always) cost ~5 µs on asyncio: a TimerHandle with a context copy, heap operations
+# through TimerHandle.__lt__ in Python, and a heap rebuild when half of it is cancelled. The
+# hub keeps its own heap of (deadline, seq, waiter) tuples, compared in C, with one loop
+# timer armed for the earliest; a waiter woken otherwise leaves a stale entry, dropped when
+# it reaches the top or when stale entries make up half of a big heap.
+_seq = itertools.count()
+_COMPACT_MIN = 256
 
 
 class _Job:
@@ -123,6 +164,7 @@ class _Hub:
     __slots__ = (
         "loop", "root", "thread_id", "idle", "readers", "writers", "streak", "ready",
         "calls", "park_kinds", "spawned", "cancels", "workers",
+        "poller", "owners", "deadlines", "stale", "timer", "timer_when", "slice_end",
     )
 
     def __init__(self, loop):
@@ -144,28 +186,153 @@ class _Hub:
         # Every live worker, weakly: statistics() walks it (a worker is added when spawned,
         # which the pool makes rare; it leaves when the greenlet is collected).
         self.workers = weakref.WeakSet()
+        self.poller = None  # the private epoll set, made at the first fd wait
+        self.owners = {}  # fd -> weakref to the socket whose fd is in the epoll set
+        self.deadlines = []  # heap of (loop time, seq, Waiter)
+        self.stale = 0  # entries of woken waiters still in the heap
+        self.timer = None  # the loop timer for the earliest deadline
+        self.timer_when = 0.0
+        self.slice_end = 0.0  # perf_counter() at which the current slice ends; 0: none
+
+    def over_slice(self):
+        """True if greenlets have run for longer than _SLICE in this loop iteration (the
+        first call of an iteration starts its slice)."""
+        end = self.slice_end
+        if end:
+            return _clock() > end
+        self.slice_end = _clock() + _SLICE
+        self.loop.call_soon(self._end_slice)
+        return False
+
+    def _end_slice(self):
+        self.slice_end = 0.0
 
     @property
     def parks(self):
         """Parks since the hub was made (all kinds)."""
         return sum(self.park_kinds)
 
+    # -- readiness ------------------------------------------------------------------------
+
+    def watch_fd(self, fd, owner):
+        """Make sure ``fd`` is in the epoll set. ``owner`` is the socket waiting on it (or
+        None for a bare fd): while the same socket object owns the fd, it is known to be in
+        the set and nothing is done (the hot path). A closed socket leaves the set through
+        ``forget_fd``; one collected without ``close()`` leaves a dead weakref, so the next
+        socket that gets the fd number registers afresh."""
+        if owner is not None:
+            ref = self.owners.get(fd)
+            if ref is not None and ref() is owner:
+                return
+        poller = self.poller
+        if poller is None:
+            poller = self.poller = _EPOLL()
+            self.loop.add_reader(poller.fileno(), self._dispatch)
+        try:
+            poller.register(fd, _EPOLL_MASK)
+        except FileExistsError:
+            # In the set already. Modifying re-reports readiness that is there now (an edge
+            # set only reports changes): a bare fd's waiter may not have tried the fd first.
+            poller.modify(fd, _EPOLL_MASK)
+        if owner is not None:
+            self.owners[fd] = weakref.ref(owner)
+
+    def forget_fd(self, fd):
+        """Drop ``fd`` from the epoll set before its socket closes (any thread: epoll_ctl
+        is thread-safe and a dict pop is atomic)."""
+        self.owners.pop(fd, None)
+        poller = self.poller
+        if poller is None:
+            return
+        try:
+            poller.unregister(fd)
+        except (OSError, ValueError):
+            pass  # never registered, or the set is closed
+
+    def _dispatch(self):
+        # The loop's reader callback for the epoll fd, in the root greenlet. Each event
+        # resumes the waiter parked on that fd and direction, if any (an edge nobody waits
+        # for is dropped: the next wait starts with a non-blocking try). A resumed worker
+        # may close fds or wait again before we look at the next event; lookups are fresh,
+        # and a waiter woken for a reused fd number just retries (waits tolerate spurious
+        # wake-ups).
+        readers = self.readers
+        writers = self.writers
+        for fd, events in self.poller.poll(0):
+            if events & _EPOLL_READ:
+                waiter = readers.get(fd)
+                if waiter is not None:
+                    waiter._fire(True)
+            if events & _EPOLL_WRITE:
+                waiter = writers.get(fd)
+                if waiter is not None:
+                    waiter._fire(True)
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def add_deadline(self, waiter, timeout):
+        when = self.loop.time() + timeout
+        heappush(self.deadlines, (when, next(_seq), waiter))
+        if self.timer is None or when < self.timer_when:
+            self._arm(when)
+
+    def _arm(self, when):
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_when = when
+        self.timer = self.loop.call_at(when, self._expire)
+
+    def _expire(self):
+        # The loop timer for the earliest deadline (root greenlet). Time out every waiter
+        # whose deadline passed; each _fire runs its worker, which may add deadlines, so
+        # the top of the heap is re-read every time.
+        self.timer = None
+        heap = self.deadlines
+        now = self.loop.time()
+        while heap:
+            when, _, waiter = heap[0]
+            if waiter.fired:
+                heappop(heap)
+                self.stale -= 1
+            elif when <= now:
+                heappop(heap)
+                waiter._timed = False  # its entry is gone, not stale
+                waiter._fire(TIMED_OUT)
+            else:
+                break
+        if heap and self.timer is None:
+            self._arm(heap[0][0])
+
+    def drop_deadline(self):
+        # A timed waiter was woken by something else: its entry is now stale. Rebuild the
+        # heap when stale entries are half of a big one (socket timeouts are long and
+        # nearly never fire, so otherwise they would pile up for the whole timeout).
+        self.stale += 1
+        heap = self.deadlines
+        if self.stale >= _COMPACT_MIN and self.stale * 2 >= len(heap):
+            heap[:] = [entry for entry in heap if not entry[2].fired]
+            heapify(heap)
+            self.stale = 0
+
 
 class _Worker(greenlet):
     """A reusable greenlet that runs ``run()`` jobs; ``type(getcurrent()) is _Worker``
     is how every helper decides whether it is in green context."""
 
-    def __init__(self, hub):
+    def __init__(self, hub, job):
         super().__init__(self._main, hub.root)
         self.hub = hub
-        self.job = None
+        # The first job is handed over here, not as a switch() argument: greenlet keeps the
+        # arguments of the first switch alive until run() returns, which _main never does.
+        self.job = job
         self.waiter = None  # the Waiter this worker is parked on, if any
         hub.spawned += 1
         hub.workers.add(self)
 
-    def _main(self, job):
+    def _main(self):
         hub = self.hub
         root = hub.root
+        job = self.job
         while True:
             job.worker = self
             self.job = job
@@ -187,6 +354,7 @@ class _Worker(greenlet):
             if len(hub.idle) >= _MAX_IDLE:
                 return _DONE  # the greenlet ends; returning switches to the root
             hub.idle.append(self)
+            job = None  # an idle worker must not keep the last call's arguments alive
             # Back to whoever is suspended in the root: run() if the job never parked, the
             # _fire callback that resumed us otherwise. The next run() switches a job in here.
             job = root.switch(_DONE)
@@ -242,6 +410,8 @@ def _retire(hub, loop):
     as ending a thousand greenlets takes ~17 ms. Workers of another thread cannot be
     switched to from here; they die with their thread.
     """
+    if hub.poller is not None:
+        hub.poller.close()  # its loop is closed: nothing polls it any more
     idle, hub.idle = hub.idle, []
     if not idle or hub.thread_id != _get_ident():
         return
@@ -286,15 +456,23 @@ async def run(fn, /, *args, **kwargs):
     hub = _last_hub  # inlined fast path of _running_hub(): this is the per-call hot path
     if hub is None or hub.loop is not _get_running_loop() or getcurrent() is not hub.root:
         hub = _running_hub("greenasync.run()")
+    # Slices are started by parks and resumes (see _SLICE); a call that does not park is
+    # bounded by the fairness streak instead, so this is a single attribute test for it.
+    if hub.slice_end and _clock() > hub.slice_end:
+        while hub.over_slice():
+            await asyncio.sleep(0)  # let the loop poll and run others before this call starts
     hub.calls += 1
     job = _Job(fn, args, kwargs)
-    worker = hub.idle.pop() if hub.idle else _Worker(hub)
     # First stretch: the worker runs fn until it finishes or parks, then switches back here.
-    state = worker.switch(job)
+    if hub.idle:
+        state = hub.idle.pop().switch(job)
+    else:
+        state = _Worker(hub, job).switch()
     if state is _DONE:
         # Finished without a loop iteration; see _FAIR_STREAK for when we yield anyway.
         hub.streak += 1
-        if hub.ready or hub.streak >= _FAIR_STREAK:
+        # Others ready? Not counting the slice's own end marker, queued while a slice runs.
+        if len(hub.ready) > (hub.slice_end != 0.0) or hub.streak >= _FAIR_STREAK:
             hub.streak = 0
             await asyncio.sleep(0)
         exc = job.exc
@@ -308,6 +486,8 @@ async def run(fn, /, *args, **kwargs):
     # Parked: from now on a Waiter._fire callback resumes the worker, and the worker
     # resolves this future when the job ends.
     hub.streak = 0
+    if not hub.slice_end:
+        hub.over_slice()  # start a slice: later calls of this iteration count against it
     fut = job.future = hub.loop.create_future()
     try:
         return await fut
@@ -352,7 +532,7 @@ class Waiter:
     root greenlet: one code path for "who resumes whom", so no double resume.
     """
 
-    __slots__ = ("hub", "worker", "fired", "kind", "_table", "_fd", "_timer", "_more")
+    __slots__ = ("hub", "worker", "fired", "kind", "_table", "_fd", "_timed", "_more")
 
     def __init__(self):
         worker = getcurrent()
@@ -367,7 +547,7 @@ class Waiter:
         self.kind = _LOCK  # what it waits for (an index into PARK_KINDS), set by _park
         self._table = None  # hub.readers/hub.writers while an fd watcher is registered
         self._fd = -1
-        self._timer = None
+        self._timed = False  # has an entry in the hub's deadline heap
         self._more = None  # further (table, fd) watches of a multi-fd wait (select/poll)
 
     def wake(self, value=None):
@@ -400,7 +580,8 @@ class Waiter:
             raise _CancelledError()
         hub = self.hub
         if timeout is not None:
-            self._timer = hub.loop.call_later(max(timeout, 0), self._fire, TIMED_OUT)
+            hub.add_deadline(self, timeout)
+            self._timed = True
         self.kind = kind
         worker.waiter = self
         hub.park_kinds[kind] += 1
@@ -420,7 +601,19 @@ class Waiter:
             return
         self.fired = True
         self._cleanup()
+        if exc is None and self.hub.over_slice():
+            # This iteration ran greenlets for a whole slice: resume after what the loop has
+            # ready (timers, other tasks). A cancellation is delivered at once (run() expects
+            # the worker to have unwound to its next park when _cancel returns).
+            self.hub.loop.call_soon(self._resume_later, value)
+            return
         self._resume(value, exc)
+
+    def _resume_later(self, value):
+        if self.hub.over_slice():
+            self.hub.loop.call_soon(self._resume_later, value)
+            return
+        self._resume(value)
 
     def _resume(self, value, exc=None):
         if exc is None:
@@ -429,9 +622,10 @@ class Waiter:
             self.worker.throw(exc)
         # The worker parked again or finished: we are back in the root.
 
-    def _watch(self, fd, writing):
-        """Register an fd watcher that fires this waiter (at most one waiter per fd and
-        direction: asyncio would silently replace the first one's callback)."""
+    def _watch(self, fd, writing, owner=None):
+        """Watch ``fd`` for this waiter (at most one waiter per fd and direction: a second
+        one is a caller's bug, and asyncio would silently replace the first one's callback).
+        ``owner`` is the socket object the fd belongs to, if known (see _Hub.watch_fd)."""
         hub = self.hub
         table = hub.writers if writing else hub.readers
         if fd in table:
@@ -448,17 +642,20 @@ class Waiter:
             if self._more is None:
                 self._more = []
             self._more.append((table, fd))
-        if writing:
+        if _EPOLL is not None:
+            hub.watch_fd(fd, owner)
+        elif writing:
             hub.loop.add_writer(fd, self._fire, True)
         else:
             hub.loop.add_reader(fd, self._fire, True)
 
     def _unwatch(self, table, fd):
-        del table[fd]
-        if table is self.hub.readers:
-            self.hub.loop.remove_reader(fd)
-        else:
-            self.hub.loop.remove_writer(fd)
+        del table[fd]  # the fd stays in the epoll set for its next wait
+        if _EPOLL is None:
+            if table is self.hub.readers:
+                self.hub.loop.remove_reader(fd)
+            else:
+                self.hub.loop.remove_writer(fd)
 
     def _cleanup(self):
         table = self._table
@@ -469,22 +666,21 @@ class Waiter:
                 for table, fd in self._more:
                     self._unwatch(table, fd)
                 self._more = None
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            timer.cancel()
+        if self._timed:
+            self._timed = False
+            self.hub.drop_deadline()
 
 
 def _fileno(fd):
     return fd if isinstance(fd, int) else fd.fileno()
 
 
-def _wait_fd(fd, timeout, writing):
+def _wait_fd(fd, timeout, writing, owner=None):
     worker = getcurrent()
     if type(worker) is not _Worker:
         return _block_on_fd(fd, timeout, writing)
     waiter = Waiter()
-    waiter._watch(fd, writing)
+    waiter._watch(fd, writing, owner)
     return waiter._park(timeout, _WRITE if writing else _READ) is True
 
 
@@ -555,6 +751,14 @@ def cancel_wait(fd, exc):
     return cancelled
 
 
+def forget_fd(fd):
+    """Drop ``fd`` from every hub's epoll set; the socket shim calls it just before it closes
+    ``fd`` (in any thread), so no stale entry outlives the socket."""
+    for hub in list(_hubs.values()):
+        if hub.poller is not None:
+            hub.forget_fd(fd)
+
+
 def wait_readable(fd, timeout=None):
     """Wait until ``fd`` (an int or an object with ``fileno()``) is readable.
 
@@ -568,6 +772,12 @@ def wait_readable(fd, timeout=None):
 def wait_writable(fd, timeout=None):
     """Like :func:`wait_readable`, for writability."""
     return _wait_fd(_fileno(fd), timeout, True)
+
+
+def wait_socket(sock, fd, writing, timeout):
+    """The socket shim's wait: ``fd`` is ``sock``'s and ``sock`` just raised would-block,
+    so its fd stays in the epoll set between waits (see _Hub.watch_fd)."""
+    return _wait_fd(fd, timeout, writing, sock)
 
 
 def sleep(seconds):

@@ -31,11 +31,10 @@ from time import monotonic as _monotonic
 from types import FunctionType as _FunctionType
 
 # Private names only: a shim exposes the stdlib's names plus its overrides, nothing else.
-from .._bridge import cancel_wait as _cancel_wait
+from .._bridge import cancel_wait as _cancel_wait, forget_fd as _forget_fd
 from . import StandIn as _StandIn
 from .._bridge import in_green_context as _in_green_context, sleep as _sleep
-from .._bridge import to_thread as _to_thread, wait_readable as _wait_readable
-from .._bridge import wait_writable as _wait_writable
+from .._bridge import to_thread as _to_thread, wait_socket as _wait_socket
 
 __greenasync_stdlib__ = _std
 __greenasync_overrides__ = (
@@ -125,6 +124,7 @@ class socket(_std.socket, metaclass=_StandIn):
         fd = _C.fileno(self)
         if fd >= 0:
             _cancel_wait(fd, OSError(_EBADF, "the socket was closed while a greenlet waited on it"))
+            _forget_fd(fd)
         super()._real_close(_ss)
 
     # Timeouts: plain attribute work, because redis-py and pymongo set one before many reads.
@@ -154,16 +154,15 @@ class socket(_std.socket, metaclass=_StandIn):
     def _wait(self, writing, deadline):
         """Wait until the fd is ready, raising ``socket.timeout`` at ``deadline`` (an
         absolute ``time.monotonic()``; None waits forever)."""
-        wait = _wait_writable if writing else _wait_readable
         fd = _C.fileno(self)
         if deadline is None:
-            wait(fd, None)
+            _wait_socket(self, fd, writing, None)
             return
         while True:
             remaining = deadline - _monotonic()
             if remaining <= 0:
                 raise _timeout_error("timed out")
-            if wait(fd, remaining):
+            if _wait_socket(self, fd, writing, remaining):
                 return
             # The loop's timer fired; re-check against our clock (a timer may fire early).
 
