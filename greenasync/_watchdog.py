@@ -1045,6 +1045,13 @@ def _display(name):
     return name
 
 
+def _shim_io(entry, primitive):
+    """True for a socket/ssl C method called by greenasync's own socket or ssl shim."""
+    return (entry is not None and primitive is not None
+            and entry.startswith(("greenasync.green.socket.", "greenasync.green.ssl."))
+            and primitive.startswith(("socket.socket.", "ssl._SSLSocket.")))
+
+
 def _cause(analysis, in_worker, cpu, idle):
     primitive, entry, module = analysis.primitive, analysis.entry, analysis.module
     function, lineno, patched_pkg = analysis.function, analysis.lineno, analysis.patched
@@ -1054,8 +1061,12 @@ def _cause(analysis, in_worker, cpu, idle):
                 "of the loop stalled it; the process or thread was not scheduled in time (an "
                 "overloaded machine, another thread holding the GIL, or a paused process)")
     blocking = primitive in _BLOCKING or entry in _BLOCKING
+    if blocking and _shim_io(entry, primitive):
+        # The socket and ssl shims keep every fd non-blocking: a sample inside their C call
+        # caught a syscall that returns at once (the thread was preempted there), not a wait.
+        blocking = False
     name = _display(entry or primitive)
-    if name is not None and primitive and entry and primitive != entry and primitive in _BLOCKING:
+    if name is not None and primitive and entry and primitive != entry and blocking:
         name += f" (blocked in {_display(primitive)})"
     cpu_note = "" if cpu is None else f"; the loop thread was on a CPU {cpu:.0%} of the time"
     if blocking:
@@ -1081,7 +1092,8 @@ def _cause(analysis, in_worker, cpu, idle):
     inside = " inside a greenasync job" if in_worker else " on the event loop thread"
     if cpu is not None and cpu < 0.25:
         hint = ("mostly off the CPU: probably a blocking call greenasync does not know (a C "
-                "extension doing its own I/O?); run it with greenasync.to_thread()")
+                "extension doing its own I/O?), or a machine too busy to schedule the loop "
+                "thread; run a blocking call with greenasync.to_thread()")
     else:
         hint = ("CPU-bound work holds the loop: split it up or move it to a thread "
                 "(greenasync.to_thread() / loop.run_in_executor())")

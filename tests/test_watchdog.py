@@ -228,6 +228,25 @@ async def test_cpu_bound_code_is_named_as_such():
     assert "not patched" not in stall.cause
 
 
+
+def test_a_sample_inside_a_shim_socket_syscall_is_not_called_blocking():
+    # Seen on a machine with load average 4: the sampler caught pymongo's recv_into inside
+    # the shim's (non-blocking) C call, and the cause said "on a blocking stdlib socket".
+    from greenasync._watchdog import _Analysis, _cause
+
+    def cause(entry, primitive):
+        analysis = _Analysis(primitive=primitive, entry=entry, module="pymongo.network_layer",
+                             function="receive_data", lineno=331, plumbing=False,
+                             patched="pymongo")
+        return _cause(analysis, in_worker=True, cpu=0.3, idle=False)
+
+    shim = cause("greenasync.green.socket._cooperative.<locals>.method", "socket.socket.recv_into")
+    assert "blocking stdlib" not in shim and "blocked in" not in shim, shim
+    assert "no known blocking call" in shim, shim
+    # The same C call reached without the shim is the stdlib blocking: still named so.
+    stdlib = cause("socket.socket.recv_into", "socket.socket.recv_into")
+    assert "reached the blocking stdlib" in stdlib, stdlib
+
 async def test_a_call_holding_the_gil_is_still_reported_with_its_line():
     # Size a C call that holds the GIL to ~0.5 s at the fastest speed measured (a loaded
     # machine only makes it longer).
