@@ -57,6 +57,7 @@ __all__ = [
 
 # The stdlib originals, captured once: the shims rebind names in other modules, never these.
 _real_sleep = time.sleep
+_monotonic = time.monotonic
 _get_ident = threading.get_ident
 _get_running_loop = asyncio._get_running_loop  # None instead of raising; public alias in 3.7+
 _CancelledError = asyncio.CancelledError
@@ -188,7 +189,7 @@ class _Hub:
         self.workers = weakref.WeakSet()
         self.poller = None  # the private epoll set, made at the first fd wait
         self.owners = {}  # fd -> weakref to the socket whose fd is in the epoll set
-        self.deadlines = []  # heap of (loop time, seq, Waiter)
+        self.deadlines = []  # heap of (time.monotonic() deadline, seq, Waiter)
         self.stale = 0  # entries of woken waiters still in the heap
         self.timer = None  # the loop timer for the earliest deadline
         self.timer_when = 0.0
@@ -271,7 +272,7 @@ class _Hub:
     # -- deadlines ------------------------------------------------------------------------
 
     def add_deadline(self, waiter, timeout):
-        when = self.loop.time() + timeout
+        when = _monotonic() + timeout
         heappush(self.deadlines, (when, next(_seq), waiter))
         if self.timer is None or when < self.timer_when:
             self._arm(when)
@@ -280,7 +281,7 @@ class _Hub:
         if self.timer is not None:
             self.timer.cancel()
         self.timer_when = when
-        self.timer = self.loop.call_at(when, self._expire)
+        self.timer = self.loop.call_later(max(0.0, when - _monotonic()), self._expire)
 
     def _expire(self):
         # The loop timer for the earliest deadline (root greenlet). Time out every waiter
@@ -288,7 +289,10 @@ class _Hub:
         # the top of the heap is re-read every time.
         self.timer = None
         heap = self.deadlines
-        now = self.loop.time()
+        # Deadlines are in time.monotonic(), not loop.time(): uvloop's clock counts whole
+        # milliseconds, so its timers fire up to 1 ms early by ours, and a wait must not end
+        # before its timeout (time.sleep never returns early). An early timer is re-armed.
+        now = _monotonic()
         while heap:
             when, _, waiter = heap[0]
             if waiter.fired:
@@ -300,7 +304,8 @@ class _Hub:
                 waiter._fire(TIMED_OUT)
             else:
                 break
-        if heap and self.timer is None:
+        # Waiters resumed above may have armed the timer for their own, later, deadlines.
+        if heap and (self.timer is None or heap[0][0] < self.timer_when):
             self._arm(heap[0][0])
 
     def drop_deadline(self):

@@ -141,6 +141,29 @@ async def test_timeouts_fire_in_deadline_order_whatever_order_they_were_set():
     assert time.monotonic() - start >= 0.06
 
 
+async def test_a_later_deadline_set_while_timeouts_fire_does_not_delay_earlier_ones():
+    # Seen: a worker timed out by the heap's timer went on to a wait with a long timeout,
+    # which armed the timer for that deadline while an earlier one was still in the heap:
+    # 50 sleeps of 0.2 s took 5 s (the other wait's socket timeout).
+    a, b = green_socket.socketpair()
+    with a, b:
+        def short_then_long():
+            greenasync.sleep(0.01)
+            return greenasync.wait_readable(a, 10)  # nobody writes: a 10 s deadline
+
+        def medium():
+            start = time.monotonic()
+            greenasync.sleep(0.05)
+            return time.monotonic() - start
+
+        long_wait = asyncio.ensure_future(greenasync.run(short_then_long))
+        slept = await asyncio.wait_for(greenasync.run(medium), 2)
+        assert 0.05 <= slept < 0.5, slept
+        long_wait.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long_wait
+
+
 def test_without_epoll_each_wait_registers_with_the_loop(monkeypatch, loop_kind):
     # Platforms without epoll (macOS) fall back to add_reader/remove_reader per wait.
     from conftest import run_on
