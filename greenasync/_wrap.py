@@ -50,6 +50,13 @@ object (neither runs a subclass's ``__init__``); a sync ``create``/``from_sync``
 ours. ``Async(SomeClass)`` with one class argument on the class ``wrap()`` returned decorates
 it; subclass ``Async`` or use ``create()`` if the sync constructor takes one class argument.
 
+Stand-ins: ``wrap(Sync, compatible=(Fake, ...))`` lets one wrapper class hold instances of
+duck-typed stand-ins too (mongomock's classes for pymongo's): members are still generated from
+``Sync`` and reach a stand-in by name (a method it lacks raises its ``AttributeError`` when
+called), ``from_sync`` accepts it, a result whose type is exactly ``Fake`` comes back wrapped
+as one of type ``Sync`` would, and a ``wraps=`` naming this wrapper accepts ``Fake`` instances
+too. The stand-ins' packages are not patched.
+
 Patching: ``wrap`` scoped-patches the sync class's top-level package (``patch=True``) unless
 that is the stdlib, ``builtins``, ``__main__`` or greenasync. An in-house SDK in the app's own
 package patches that package, which is safe: every shim is the stdlib outside a greenlet.
@@ -124,7 +131,7 @@ def _plan_for(t):
     if wcls is not None:
         return wcls
     own_api = any(not n.startswith("_") and callable(getattr(t, n, None)) for n in dir(t))
-    iterator = hasattr(t, "__next__") and hasattr(t, "__iter__")
+    iterator = hasattr(t, "__next__") and getattr(t, "__iter__", None) is not None
     if t is types.GeneratorType or (iterator and not own_api):
         return _ITER
     if hasattr(t, "__enter__") and hasattr(t, "__exit__") and not own_api:
@@ -148,9 +155,9 @@ def _convert(wcls, owner, result, protocols=True, wraps=None):
         return owner
     if wraps is not None:
         target = wraps()
-        if isinstance(result, target.__greenasync_sync__):
+        if isinstance(result, target.__greenasync_types__):
             return _adopt(target, result)
-    if wcls is not None and t is wcls.__greenasync_sync__:
+    if wcls is not None and t in wcls.__greenasync_types__:
         return _adopt(wcls, result)
     plan = _plans.get(t, _MISSING)
     if plan is _MISSING:
@@ -367,6 +374,8 @@ def _protocol_members(sync, ns):
             return await _run(label(self, "__aexit__"), type(d).__exit__, d, exc_type, exc, tb)
 
         ns.update(__aenter__=__aenter__, __aexit__=__aexit__)
+    if _lookup(sync, "__iter__") is None:
+        return  # `__iter__ = None` declares the class not iterable (pymongo's MongoClient)
     is_iterator = _lookup(sync, "__next__") is not _MISSING
     if is_iterator or _lookup(sync, "__iter__") is not _MISSING:
         def _iterator(self):
@@ -487,6 +496,7 @@ class Wrapper:
     """Base of every class :func:`wrap` builds. ``delegate`` is the wrapped sync object."""
 
     __greenasync_sync__ = None  # the wrapped sync class
+    __greenasync_types__ = ()  # it and the compatible= classes: what an instance may wrap
     __greenasync_patched__ = ()  # packages wrap() patched for it
 
     def __new__(cls, *args, **kwargs):
@@ -508,11 +518,13 @@ class Wrapper:
 
     @classmethod
     def from_sync(cls, obj):
-        """Wrap an existing sync object (an instance of the wrapped class or a subclass)."""
-        if not isinstance(obj, cls.__greenasync_sync__):
+        """Wrap an existing sync object (an instance of the wrapped class, of a
+        ``compatible=`` class, or of a subclass of either)."""
+        if not isinstance(obj, cls.__greenasync_types__):
+            expected = " or ".join(_name(t) for t in cls.__greenasync_types__)
             raise TypeError(
-                f"{cls.__qualname__}.from_sync() expects a {_name(cls.__greenasync_sync__)} "
-                f"instance, got {_name(type(obj))}"
+                f"{cls.__qualname__}.from_sync() expects a {expected} instance, "
+                f"got {_name(type(obj))}"
             )
         return _adopt(cls, obj)
 
@@ -664,12 +676,14 @@ def _register(sync, wcls):
     _plans.clear()
 
 
-def wrap(sync_cls, *, patch=True, register=True):
+def wrap(sync_cls, *, patch=True, register=True, compatible=()):
     """Build an awaitable facade class over ``sync_cls`` (see the module docstring).
 
     Use it as ``Async = wrap(Sync)``, or as ``@wrap(Sync)`` on a class body holding
     declarations and hand-written methods. Patches the sync class's top-level package
     first (``patch=``); registers the result so other wrappers return it (``register=``).
+    ``compatible=`` names classes whose instances the wrapper may hold too (see the module
+    docstring).
     """
     if not isinstance(sync_cls, type):
         raise TypeError(
@@ -678,6 +692,9 @@ def wrap(sync_cls, *, patch=True, register=True):
         )
     if issubclass(sync_cls, Wrapper):
         raise TypeError(f"{sync_cls.__qualname__} is already a greenasync wrapper")
+    compatible = tuple(compatible)
+    if not all(isinstance(c, type) and not issubclass(c, Wrapper) for c in compatible):
+        raise TypeError(f"compatible= expects sync classes, got {compatible!r}")
     packages = _packages(sync_cls, patch)
     if packages:
         from . import _patch  # late: the patcher imports every shim
@@ -691,6 +708,7 @@ def wrap(sync_cls, *, patch=True, register=True):
         "public methods are coroutine functions running the sync method in a worker greenlet."
         + (f"\n\n{inspect.cleandoc(sync_cls.__doc__)}" if sync_cls.__doc__ else ""),
         "__greenasync_sync__": sync_cls,
+        "__greenasync_types__": (sync_cls, *compatible),
         "__greenasync_patched__": packages,
         "_greenasync_decoratable_": True,
     }
@@ -722,7 +740,8 @@ def wrap(sync_cls, *, patch=True, register=True):
     cls = type(qualname, (Wrapper,), ns)
     _set_qualnames(cls, list(ns), qualname)
     if register:
-        _register(sync_cls, cls)
+        for t in cls.__greenasync_types__:
+            _register(t, cls)
     return cls
 
 
@@ -766,6 +785,7 @@ def _decorate(gen, body):
                 cell = f.__closure__[code.co_freevars.index("__class__")]
                 if cell.cell_contents is body:
                     cell.cell_contents = final
-    if _registry.get(sync) is gen:
-        _register(sync, final)
+    for t in gen.__greenasync_types__:
+        if _registry.get(t) is gen:
+            _register(t, final)
     return final

@@ -4,6 +4,9 @@ examples/auth_service.py's selftest against the real Redis (conftest's ``redis_u
 with REDIS_URL on a dead loopback port, against its embedded fakeredis; and its serve mode
 answering real HTTP and stopping cleanly on Ctrl-C. The selftest uses run-unique keys and
 deletes them; the serve test uses its own prefix and a provider that never fails (no keys).
+examples/tornado_mongo.py's selftest with no MONGODB_URI (it starts the in-repo wire server)
+and with MONGODB_URI (the real server if set, else a wire server this test starts); it uses
+and drops a database of its own.
 The subprocesses run with ``-W error`` (warnings are errors, as in this suite).
 """
 
@@ -142,3 +145,41 @@ def test_auth_serve_mode_answers_and_stops_on_ctrl_c(redis_url):
     assert "Traceback" not in rest and "Exception ignored" not in rest, rest
     with redis.Redis.from_url(redis_url) as client:  # a provider that never fails: no counter
         assert list(client.scan_iter(match=prefix + "*")) == []
+
+
+# --- examples/tornado_mongo.py -------------------------------------------------------------
+
+MONGO_EXAMPLE = os.path.join(ROOT, "examples", "tornado_mongo.py")
+
+
+def mongo_selftest(env):
+    proc = subprocess.run([sys.executable, "-W", "error", MONGO_EXAMPLE, "--selftest"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=40)
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "selftest: PASS" in out and "FAIL" not in out, out
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert re.search(r"selftest: 37 requests \(30 concurrent notes first\)", out), out
+    return out, err
+
+
+def test_tornado_mongo_selftest_starts_the_wire_server_without_mongodb_uri():
+    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+    out, err = mongo_selftest(env)
+    assert "EMBEDDED MONGODB: started the in-repo wire server at mongodb://127.0.0.1:" in err
+
+
+def test_tornado_mongo_selftest_uses_mongodb_uri():
+    # MONGODB_URI if set (a real server), else a wire server of this test's, named by the var.
+    from greenasync.testing.mongo_server import start_process
+
+    uri = os.environ.get("MONGODB_URI")
+    server = None if uri else start_process()
+    try:
+        out, err = mongo_selftest(dict(os.environ, MONGODB_URI=uri or server.uri))
+        if server is not None:
+            assert server.status()["commands"].get("insert", 0) >= 30  # its notes went there
+    finally:
+        if server is not None:
+            server.stop()
+    assert "EMBEDDED" not in err, err

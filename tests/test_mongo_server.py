@@ -253,6 +253,56 @@ def test_explicit_session(client, coll):
         assert session.session_id["id"].subtype == 4
 
 
+def test_transaction_commands_are_accepted_without_isolation(client, coll):
+    with client.start_session() as session:
+        assert session.with_transaction(
+            lambda s: coll.insert_one({"_id": 1}, session=s).inserted_id) == 1
+        session.start_transaction()
+        coll.insert_one({"_id": 2}, session=session)
+        session.abort_transaction()
+    assert coll.count_documents({}) == 2  # documented: no rollback
+
+
+def test_change_streams(server, client, coll):
+    other = coll.database[f"{coll.name}_other"]
+    with coll.watch(max_await_time_ms=50) as stream:
+        assert stream.try_next() is None and server.open_cursors >= 1
+        coll.insert_one({"_id": 1, "a": 1})
+        coll.update_one({"_id": 1}, {"$set": {"b": 2}, "$unset": {"a": ""}})
+        coll.replace_one({"_id": 1}, {"c": 3})
+        other.insert_one({"_id": "elsewhere"})
+        coll.delete_many({})
+        changes = [stream.next() for _ in range(4)]
+        assert stream.try_next() is None  # the other collection's insert is not ours
+        token = stream.resume_token
+    assert [(c["operationType"], c["documentKey"]) for c in changes] == \
+        [("insert", {"_id": 1}), ("update", {"_id": 1}), ("replace", {"_id": 1}),
+         ("delete", {"_id": 1})]
+    assert changes[0]["fullDocument"] == {"_id": 1, "a": 1}
+    assert changes[1]["updateDescription"]["updatedFields"] == {"b": 2}
+    assert changes[1]["updateDescription"]["removedFields"] == ["a"]
+    assert "fullDocument" not in changes[1] and changes[2]["fullDocument"] == {"_id": 1, "c": 3}
+    assert token == changes[3]["_id"]
+
+    # A getMore waits (up to maxTimeMS) for the next event, without holding up writers.
+    with client.watch([{"$match": {"operationType": "insert"}}], full_document="updateLookup",
+                      max_await_time_ms=2000) as stream:
+        stream.try_next()
+        timer = threading.Timer(0.2, lambda: other.insert_one({"_id": "late"}))
+        started = time.monotonic()
+        timer.start()
+        change = stream.next()
+        assert 0.15 < time.monotonic() - started < 1.5
+        assert change["documentKey"] == {"_id": "late"}
+        assert change["ns"] == {"db": coll.database.name, "coll": other.name}
+    with coll.watch(resume_after=changes[1]["_id"], max_await_time_ms=50) as resumed:
+        assert [resumed.next()["operationType"] for _ in range(2)] == ["replace", "delete"]
+    with pytest.raises(OperationFailure) as info:
+        coll.watch([{"$project": {"x": 1}}])
+    assert info.value.code == 238
+    other.drop()
+
+
 def test_unknown_command(client):
     with pytest.raises(OperationFailure) as info:
         client.db.command("noSuchCommand")

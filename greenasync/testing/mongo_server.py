@@ -14,6 +14,14 @@ Supported:
     listCollections, listDatabases. Unknown command => ``ok: 0``, code 59 (CommandNotFound).
     Backend errors => ``ok: 0`` or ``writeErrors`` (duplicate key => code 11000).
   * Server cursors (getMore/killCursors); ``open_cursors`` / ``{"greenasyncStatus": 1}``.
+  * Change streams, minimal: ``aggregate`` with a leading ``$changeStream`` (collection,
+    database or cluster level; ``fullDocument`` "default"/"updateLookup", ``resumeAfter``/
+    ``startAfter`` with this server's tokens), then ``$match`` stages only. The ``insert``,
+    ``update`` and ``delete`` commands log insert/update/replace/delete events (top-level
+    ``updateDescription``) while a change stream is open; a ``getMore`` waits up to its
+    ``maxTimeMS`` (default 1 s) for one. No other command logs events.
+  * ``commitTransaction``/``abortTransaction`` are accepted and do nothing: a driver's
+    transaction plumbing runs, with no isolation and no rollback.
   * Test knobs, at start or later with ``configure()`` or the admin command
     ``{"greenasyncConfigure": 1, "delay": 0.3, "commands": ["find"], "close": ["insert"]}``
     (each call replaces the whole configuration; ``{"greenasyncConfigure": 1}`` resets it):
@@ -23,10 +31,11 @@ Supported:
     ``{"greenasyncSleep": seconds}`` replies after sleeping.
 
 Not supported: auth/SCRAM, TLS, compression (OP_COMPRESSED), OP_QUERY/legacy opcodes,
-transactions, retryable-write txnNumber semantics, change streams, tailable cursors, streaming
-(awaitable) hello/topologyVersion, maxTimeMS (ignored), cursor timeouts, collation, hint,
-database-level aggregate, explain, and whatever mongomock itself lacks (arrayFilters, some
-operators and stages) -- those fail with ``ok: 0`` (code 238 NotImplemented).
+transaction semantics, retryable-write txnNumber semantics, tailable cursors, streaming
+(awaitable) hello/topologyVersion, maxTimeMS (ignored but in change-stream getMores), cursor
+timeouts, collation, hint, database-level aggregate (but ``$changeStream``), explain, and
+whatever mongomock itself lacks (arrayFilters, some operators and stages) -- those fail with
+``ok: 0`` (code 238 NotImplemented).
 
 In process: ``with MongoTestServer() as server: MongoClient(server.uri)``. As a separate
 process (no shared GIL): ``with start_process() as server: ...`` or
@@ -54,6 +63,7 @@ import bson
 import mongomock
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
 from mongomock.filtering import filter_applies
 from pymongo import ReturnDocument
 
@@ -73,7 +83,9 @@ LOCK_FREE = frozenset({"hello", "ping", "buildInfo", *ADMIN})  # no mongomock, n
 # Fields drivers add to any command; the server accepts and ignores them.
 GENERIC_FIELDS = frozenset({"$db", "lsid", "$clusterTime", "$readPreference", "writeConcern",
                             "readConcern", "comment", "maxTimeMS", "apiVersion", "apiStrict",
-                            "apiDeprecationErrors", "txnNumber", "autocommit"})
+                            "apiDeprecationErrors", "txnNumber", "autocommit",
+                            "startTransaction"})
+CHANGE_LOG = 10_000  # change events kept for change streams (resumeAfter reaches this far)
 
 
 class CommandError(Exception):
@@ -151,6 +163,14 @@ class _Cursor:
         self.ns, self.docs = ns, collections.deque(docs)
 
 
+class _ChangeStreamCursor:
+    """A change stream's server cursor: the events after ``position`` that ``matches``."""
+
+    def __init__(self, ns, matches, position, update_lookup):
+        self.ns, self.matches, self.position = ns, matches, position
+        self.update_lookup = update_lookup  # fullDocument: "updateLookup"
+
+
 class _TCPServer(socketserver.TCPServer):
     allow_reuse_address = True
 
@@ -171,6 +191,10 @@ class MongoTestServer:
         self._state_lock = threading.Lock()  # connections, threads, counters
         self._client = mongomock.MongoClient()
         self._cursors = {}
+        self._changes = collections.deque(maxlen=CHANGE_LOG)  # (sequence, event)
+        self._change_seq = itertools.count(1)
+        self._last_change = 0
+        self._changed = threading.Condition(self._lock)  # notified on each change event
         self._connections, self._threads = {}, set()
         self._conn_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
@@ -361,6 +385,8 @@ class MongoTestServer:
         cursor = self._cursors.get(cursor_id)
         if cursor is None or cursor.ns != ns:
             raise CommandError(43, f"cursor id {cursor_id} not found")
+        if isinstance(cursor, _ChangeStreamCursor):
+            return self._change_stream_batch(cursor_id, cursor, cmd)
         batch = self._take(cursor, cmd.get("batchSize"))
         if not cursor.docs:
             del self._cursors[cursor_id]
@@ -386,6 +412,9 @@ class MongoTestServer:
                                   cmd.get("singleBatch", False) or limit < 0)
 
     def _cmd_aggregate(self, cmd, db):
+        pipeline = cmd.get("pipeline", [])
+        if pipeline and "$changeStream" in pipeline[0]:
+            return self._open_change_stream(cmd, db, pipeline)
         if not isinstance(cmd["aggregate"], str) or cmd.get("explain"):
             raise CommandError(238, "only collection-level aggregate without explain")
         docs = list(self._client[db][cmd["aggregate"]].aggregate(cmd.get("pipeline", [])))
@@ -425,12 +454,22 @@ class MongoTestServer:
         def insert(doc, index, reply):
             coll.insert_one(doc)
             reply["n"] += 1
+            self._record(db, cmd["insert"], "insert", doc["_id"], fullDocument=doc)
         return self._writes(cmd, "documents", insert)
 
     def _cmd_update(self, cmd, db):
         coll = self._client[db][cmd["update"]]
 
         def update(op, index, reply):
+            q, multi = op.get("q", {}), op.get("multi")
+            before = self._watched_docs(coll, q, multi)
+            kind = "replace" if _is_replacement(op["u"]) else "update"
+            try:
+                apply_update(op, index, reply)
+            finally:
+                self._record_updates(db, cmd["update"], coll, kind, before, reply)
+
+        def apply_update(op, index, reply):
             q, u, upsert, multi = op.get("q", {}), op["u"], op.get("upsert"), op.get("multi")
             if op.get("arrayFilters"):  # mongomock lacks them: resolve them per document
                 docs = list(coll.find(q, limit=0 if multi else 1))
@@ -461,7 +500,11 @@ class MongoTestServer:
 
         def delete(op, index, reply):
             method = coll.delete_one if op.get("limit") else coll.delete_many
+            before = self._watched_docs(coll, op.get("q", {}), not op.get("limit"))
             reply["n"] += method(op.get("q", {})).deleted_count
+            for _id in before:
+                if coll.find_one({"_id": _id}, {"_id": 1}) is None:
+                    self._record(db, cmd["delete"], "delete", _id)
         return self._writes(cmd, "deletes", delete)
 
     def _cmd_findAndModify(self, cmd, db):
@@ -488,6 +531,110 @@ class MongoTestServer:
         if not existed and upsert and value and "_id" in value:
             last_error["upserted"] = value["_id"]
         return {"lastErrorObject": last_error, "value": value}
+
+    # -- transactions: accepted, not isolated ------------------------------------------
+    def _cmd_commitTransaction(self, cmd, db):
+        return {}
+
+    def _cmd_abortTransaction(self, cmd, db):
+        return {}
+
+    # -- change streams ----------------------------------------------------------------
+    def _open_change_stream(self, cmd, db, pipeline):
+        options, target = pipeline[0]["$changeStream"], cmd["aggregate"]
+        unsupported = set(options) - {"fullDocument", "resumeAfter", "startAfter",
+                                      "allChangesForCluster"}
+        if unsupported or options.get("fullDocument", "default") not in ("default",
+                                                                         "updateLookup"):
+            raise CommandError(238, f"$changeStream options not supported: {options}")
+        filters = []
+        for stage in pipeline[1:]:
+            if set(stage) != {"$match"}:
+                raise CommandError(238, f"only $match may follow $changeStream, got {stage}")
+            filters.append(stage["$match"])
+
+        def matches(event):
+            ns = event["ns"]
+            return ((options.get("allChangesForCluster") or ns["db"] == db) and
+                    (not isinstance(target, str) or ns["coll"] == target) and
+                    all(filter_applies(f, event) for f in filters))
+
+        token = options.get("startAfter") or options.get("resumeAfter")
+        position = int(token["_data"], 16) if token else self._last_change
+        ns = f"{db}.{target}" if isinstance(target, str) else f"{db}.$cmd.aggregate"
+        cursor_id = random.getrandbits(62) + 1
+        self._cursors[cursor_id] = cursor = _ChangeStreamCursor(
+            ns, matches, position, options.get("fullDocument") == "updateLookup")
+        batch = self._change_events(cursor, cmd.get("cursor", {}).get("batchSize"))
+        return {"cursor": {"firstBatch": batch, "id": Int64(cursor_id), "ns": ns,
+                           "postBatchResumeToken": _token(cursor.position)}}
+
+    def _change_stream_batch(self, cursor_id, cursor, cmd):
+        # An awaitData getMore: wait up to maxTimeMS (mongod's default 1 s) for an event.
+        # Waiting on the condition releases the server lock, so writers get through.
+        timeout = (cmd.get("maxTimeMS") or 1000) / 1000
+        batch = self._change_events(cursor, cmd.get("batchSize"))
+        if not batch and self._cursors.get(cursor_id) is cursor:
+            self._changed.wait_for(
+                lambda: self._last_change > cursor.position or self._stopping.is_set(),
+                timeout=timeout)
+            batch = self._change_events(cursor, cmd.get("batchSize"))
+        return {"cursor": {"nextBatch": batch, "id": Int64(cursor_id), "ns": cursor.ns,
+                           "postBatchResumeToken": _token(cursor.position)}}
+
+    def _change_events(self, cursor, batch_size):
+        batch = []
+        for seq, event in self._changes:
+            if seq <= cursor.position:
+                continue
+            if batch_size and len(batch) >= batch_size:
+                break
+            cursor.position = seq
+            if event["operationType"] == "update" and not cursor.update_lookup:
+                event = {k: v for k, v in event.items() if k != "fullDocument"}
+            if cursor.matches(event):
+                batch.append(event)
+        else:
+            cursor.position = max(cursor.position, self._last_change)
+        return batch
+
+    def _watching(self):
+        return any(isinstance(c, _ChangeStreamCursor) for c in self._cursors.values())
+
+    def _watched_docs(self, coll, query, multi):
+        """The documents a write may change, by _id (only while a change stream is open)."""
+        if not self._watching():
+            return {}
+        return {d["_id"]: d for d in coll.find(query, limit=0 if multi else 1)}
+
+    def _record_updates(self, db, name, coll, kind, before, reply):
+        for _id, old in before.items():
+            new = coll.find_one({"_id": _id})
+            if new is None or new == old:
+                continue
+            self._record(db, name, kind, _id, fullDocument=new, updateDescription={
+                "updatedFields": {k: v for k, v in new.items() if old.get(k, _MISSING) != v},
+                "removedFields": [k for k in old if k not in new], "truncatedArrays": []})
+        for upserted in reply.get("upserted", []):
+            if upserted["_id"] not in before:
+                self._record(db, name, "insert", upserted["_id"],
+                             fullDocument=coll.find_one({"_id": upserted["_id"]}))
+
+    def _record(self, db, coll, kind, _id, fullDocument=None, updateDescription=None):
+        """Log one change event (the server lock is held) and wake the waiting getMores."""
+        if not self._watching():
+            return
+        seq = self._last_change = next(self._change_seq)
+        event = {"_id": _token(seq), "operationType": kind,
+                 "clusterTime": Timestamp(int(datetime.datetime.now().timestamp()), seq),
+                 "wallTime": datetime.datetime.now(datetime.timezone.utc),
+                 "ns": {"db": db, "coll": coll}, "documentKey": {"_id": _id}}
+        if fullDocument is not None:  # an update's is delivered with updateLookup only
+            event["fullDocument"] = fullDocument
+        if kind == "update":
+            event["updateDescription"] = updateDescription
+        self._changes.append((seq, event))
+        self._changed.notify_all()
 
     # -- namespaces and indexes --------------------------------------------------------
     def _exists(self, db, name):
@@ -547,6 +694,13 @@ class MongoTestServer:
         if cmd.get("nameOnly"):
             docs = [{"name": d["name"]} for d in docs]
         return {"databases": docs, "totalSize": 0}
+
+
+_MISSING = object()
+
+
+def _token(seq):
+    return {"_data": f"{seq:016X}"}
 
 
 def _resolve_array_filters(doc, update, array_filters):
