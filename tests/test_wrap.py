@@ -778,3 +778,59 @@ def test_sync_method_dunder_on_an_empty_object_does_not_recurse():
 
     assert len(AsyncBag()) == 0
     assert not AsyncBag()
+
+
+# -- compatible= stand-ins and `__iter__ = None` (used by greenasync.mongo) ----------------
+
+
+class Real:
+    def get(self):
+        return "real"
+
+    def copy(self):
+        return Real()
+
+
+class Fake:  # a duck-typed stand-in, as mongomock's classes are for pymongo's
+    def get(self):
+        return "fake"
+
+    def copy(self):
+        return Fake()
+
+
+class Maker:
+    def make(self):
+        return Fake()
+
+
+class NotIterable:  # pymongo's MongoClient/Database/Collection declare themselves so
+    __iter__ = None
+
+    def __next__(self):
+        raise TypeError("not iterable")
+
+
+async def test_wrap_compatible_classes_are_held_called_by_name_and_rewrapped():
+    AsyncReal = greenasync.wrap(Real, patch=False, register=False, compatible=(Fake,))
+    fake = AsyncReal.from_sync(Fake())
+    assert type(fake) is AsyncReal and await fake.get() == "fake"
+    copied = await fake.copy()  # a result of a compatible class comes back wrapped
+    assert type(copied) is AsyncReal and type(copied.delegate) is Fake
+    AsyncMaker = greenasync.wrap(Maker, patch=False, register=False)
+
+    @greenasync.wrap(Maker, patch=False, register=False)
+    class AsyncMakerWrapping:
+        make = greenasync.Wraps(AsyncReal)  # wraps= accepts the compatible class too
+
+    assert type(await AsyncMaker().make()) is Fake
+    assert type(await AsyncMakerWrapping().make()) is AsyncReal
+    with pytest.raises(TypeError, match="compatible= expects sync classes"):
+        greenasync.wrap(Real, patch=False, register=False, compatible=(Fake(),))
+    with pytest.raises(TypeError, match=r"expects a .*Real or .*Fake instance"):
+        AsyncReal.from_sync(Maker())
+
+
+def test_wrap_honours_iter_none():
+    AsyncNot = greenasync.wrap(NotIterable, patch=False, register=False)
+    assert not any(hasattr(AsyncNot, n) for n in ("__aiter__", "__anext__", "to_list"))
