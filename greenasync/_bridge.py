@@ -379,7 +379,9 @@ class _Worker(greenlet):
                 fut.cancel()
             elif isinstance(exc, StopIteration):
                 # Futures refuse StopIteration; a coroutine would turn it into RuntimeError too.
-                fut.set_exception(RuntimeError("greenasync.run() target raised StopIteration"))
+                err = RuntimeError("greenasync.run() target raised StopIteration")
+                err.__cause__ = exc  # as a coroutine's own conversion does
+                fut.set_exception(err)
             else:
                 fut.set_exception(exc)
         job.exc = job.result = None  # drop references (tracebacks hold frames)
@@ -415,6 +417,9 @@ def _retire(hub, loop):
     as ending a thousand greenlets takes ~17 ms. Workers of another thread cannot be
     switched to from here; they die with their thread.
     """
+    from ._lifecycle import retire_parked  # its parked workers: GreenletExit, from `loop`
+
+    retire_parked(hub, loop)
     if hub.poller is not None:
         hub.poller.close()  # its loop is closed: nothing polls it any more
     idle, hub.idle = hub.idle, []

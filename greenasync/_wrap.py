@@ -38,7 +38,10 @@ and plain iterators become :class:`AsyncIterator` (``async for``, ``to_list(n)``
 managers with no public methods of their own become :class:`AsyncContextManager`; other
 objects (a redis ``Pipeline``) come back unchanged unless their type is wrapped. A sync class
 with ``__enter__``/``__exit__`` gets ``__aenter__``/``__aexit__``, one with ``__iter__`` or
-``__next__`` gets ``__aiter__``/``__anext__``/``to_list``; every step runs in a greenlet.
+``__next__`` gets ``__aiter__``/``__anext__``/``to_list``; every step runs in a greenlet. A
+generated ``next()`` (pymongo's cursors have one) raises StopAsyncIteration at the end, as
+``__anext__`` does; a StopIteration from any other method arrives as a RuntimeError, which is
+what Python makes of a StopIteration leaving a coroutine.
 Arguments that are wrappers are replaced by their delegate (positional and keyword, top level
 only: scanning containers would cost O(n) per bulk call and change what the sync code gets).
 
@@ -247,12 +250,29 @@ def _hot_method(sync, name, raw, wraps):
     return method
 
 
+def _ending_with_stop_async_iteration(method):
+    """An iterator's ``next()`` ends with StopAsyncIteration, as ``__anext__`` does: the sync
+    StopIteration cannot leave a coroutine (it arrives as a RuntimeError caused by it)."""
+
+    async def next(self, *args, **kwargs):
+        try:
+            return await method(self, *args, **kwargs)
+        except RuntimeError as exc:
+            if isinstance(exc.__cause__, StopIteration):
+                raise StopAsyncIteration from None
+            raise
+
+    return next
+
+
 def _member(sync, name, raw, mode="async", wraps=None):
     """Build the wrapper's member for sync method ``name``; ``mode`` is "async" (a coroutine
     function), "sync" (SyncMethod), "chain" (Chain) or "iter" (AsyncIter)."""
     kind = _kind(raw)
     if kind == "method" and mode == "async":
         method = _hot_method(sync, name, raw, wraps)
+        if name == "next":
+            method = _ending_with_stop_async_iteration(method)
     elif kind != "method" and mode not in ("async", "sync"):
         raise TypeError(f"{_name(sync)}.{name} is a {type(raw).__name__}: it cannot be {mode}")
     else:

@@ -834,3 +834,32 @@ async def test_wrap_compatible_classes_are_held_called_by_name_and_rewrapped():
 def test_wrap_honours_iter_none():
     AsyncNot = greenasync.wrap(NotIterable, patch=False, register=False)
     assert not any(hasattr(AsyncNot, n) for n in ("__aiter__", "__anext__", "to_list"))
+
+
+class Countdown:  # an iterator with a public next(), as pymongo's cursors have
+    def __init__(self, n):
+        self.n = n
+
+    def next(self, park=False):
+        if park:
+            greenasync.sleep(0.001)  # the end arrives through the parked path too
+        if self.n == 0:
+            raise StopIteration
+        self.n -= 1
+        return self.n
+
+    def drain_then_stop(self):
+        self.n = 0
+        raise StopIteration
+
+
+@pytest.mark.parametrize("park", [False, True])
+async def test_generated_next_ends_with_stop_async_iteration(park):
+    AsyncCountdown = greenasync.wrap(Countdown, patch=False, register=False)
+    c = AsyncCountdown(2)
+    assert [await c.next(park), await c.next(park)] == [1, 0]
+    with pytest.raises(StopAsyncIteration):
+        await c.next(park)
+    # Only a method named next() is translated: elsewhere StopIteration stays a RuntimeError.
+    with pytest.raises(RuntimeError, match="StopIteration"):
+        await c.drain_then_stop()
