@@ -36,6 +36,7 @@ import select
 import threading
 import time
 import weakref
+from collections import deque
 from heapq import heapify, heappop, heappush
 
 from greenlet import GreenletExit, getcurrent, greenlet
@@ -92,9 +93,10 @@ _FAIR_STREAK = 8
 # calls started (or resumed) in one iteration run back to back: at ~100 µs of library code
 # each, a 20 ms iteration in which no timer or other task runs. The hub counts greenlet time
 # in slices of _SLICE, started by the first park or resumption of an iteration; past it,
-# run() yields before starting its call and Waiter._fire queues the resumption behind what
-# is already ready. A marker callback ends the slice at the next iteration. (Calls that
-# never park are bounded by _FAIR_STREAK, and stay off this clock.)
+# run() queues its call and Waiter._fire its resumption in the hub, and one drain callback
+# per iteration runs them, in order, each iteration one slice's worth. A marker callback
+# ends the slice at the next iteration. (Calls that never park are bounded by _FAIR_STREAK,
+# and stay off this clock.)
 _SLICE = 0.005
 _clock = time.perf_counter
 
@@ -166,6 +168,7 @@ class _Hub:
         "loop", "root", "thread_id", "idle", "readers", "writers", "streak", "ready",
         "calls", "park_kinds", "spawned", "cancels", "workers",
         "poller", "owners", "deadlines", "stale", "timer", "timer_when", "slice_end",
+        "resumes", "starts", "draining",
     )
 
     def __init__(self, loop):
@@ -194,6 +197,9 @@ class _Hub:
         self.timer = None  # the loop timer for the earliest deadline
         self.timer_when = 0.0
         self.slice_end = 0.0  # perf_counter() at which the current slice ends; 0: none
+        self.resumes = deque()  # (Waiter, value) whose resumption a used-up slice deferred
+        self.starts = deque()  # _Jobs whose start a used-up slice deferred
+        self.draining = False  # a _drain callback is queued
 
     def over_slice(self):
         """True if greenlets have run for longer than _SLICE in this loop iteration (the
@@ -207,6 +213,40 @@ class _Hub:
 
     def _end_slice(self):
         self.slice_end = 0.0
+
+    def defer_resume(self, waiter, value):
+        self.resumes.append((waiter, value))
+        if not self.draining:
+            self.draining = True
+            self.loop.call_soon(self._drain)
+
+    def defer_start(self, job):
+        job.future = self.loop.create_future()
+        self.starts.append(job)
+        if not self.draining:
+            self.draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self):
+        # One loop callback per iteration runs what used-up slices deferred, in order:
+        # resumptions of calls in flight first (they finish and free their connections),
+        # then calls not started yet. A deferred call costs nothing while it waits, however
+        # many wait (a burst of 10,000 calls), and nobody overtakes it.
+        resumes, starts = self.resumes, self.starts
+        first = True
+        while resumes or starts:
+            if self.over_slice() and not first:  # (the first item runs anyway: progress)
+                self.loop.call_soon(self._drain)
+                return
+            first = False
+            if resumes:
+                waiter, value = resumes.popleft()
+                waiter._resume(value)
+            else:
+                job = starts.popleft()
+                if not job.future.done():  # else cancelled while queued: never started
+                    _start(self, job)  # the worker resolves job.future when the job ends
+        self.draining = False
 
     @property
     def parks(self):
@@ -466,13 +506,14 @@ async def run(fn, /, *args, **kwargs):
     hub = _last_hub  # inlined fast path of _running_hub(): this is the per-call hot path
     if hub is None or hub.loop is not _get_running_loop() or getcurrent() is not hub.root:
         hub = _running_hub("greenasync.run()")
-    # Slices are started by parks and resumes (see _SLICE); a call that does not park is
-    # bounded by the fairness streak instead, so this is a single attribute test for it.
-    if hub.slice_end and _clock() > hub.slice_end:
-        while hub.over_slice():
-            await asyncio.sleep(0)  # let the loop poll and run others before this call starts
     hub.calls += 1
     job = _Job(fn, args, kwargs)
+    # Slices are started by parks and resumes (see _SLICE); a call that does not park is
+    # bounded by the fairness streak instead, so this costs it two attribute tests.
+    if hub.starts or (hub.slice_end and _clock() > hub.slice_end):
+        # This iteration's slice is used up, or calls wait already: start behind them.
+        hub.defer_start(job)
+        return await _outcome(job)
     # First stretch: the worker runs fn until it finishes or parks, then switches back here.
     if hub.idle:
         state = hub.idle.pop().switch(job)
@@ -498,13 +539,26 @@ async def run(fn, /, *args, **kwargs):
     hub.streak = 0
     if not hub.slice_end:
         hub.over_slice()  # start a slice: later calls of this iteration count against it
-    fut = job.future = hub.loop.create_future()
+    job.future = hub.loop.create_future()
+    return await _outcome(job)
+
+
+async def _outcome(job):
+    """Await the job's future; a cancellation of the awaiting task goes into the job."""
     try:
-        return await fut
+        return await job.future
     except _CancelledError:
         if job.worker is not None:
             _cancel(job)
         raise
+
+
+def _start(hub, job):
+    """The first stretch of a deferred job, from _drain (the root)."""
+    if hub.idle:
+        hub.idle.pop().switch(job)
+    else:
+        _Worker(hub, job).switch()
 
 
 def _cancel(job):
@@ -611,19 +665,16 @@ class Waiter:
             return
         self.fired = True
         self._cleanup()
-        if exc is None and self.hub.over_slice():
-            # This iteration ran greenlets for a whole slice: resume after what the loop has
-            # ready (timers, other tasks). A cancellation is delivered at once (run() expects
-            # the worker to have unwound to its next park when _cancel returns).
-            self.hub.loop.call_soon(self._resume_later, value)
-            return
+        if exc is None:
+            hub = self.hub
+            if hub.resumes or hub.over_slice():
+                # This iteration ran greenlets for a whole slice: resume from the hub's
+                # drain, after what the loop has ready (timers, other tasks), in order. A
+                # cancellation is delivered at once (run() expects the worker to have unwound
+                # to its next park when _cancel returns).
+                hub.defer_resume(self, value)
+                return
         self._resume(value, exc)
-
-    def _resume_later(self, value):
-        if self.hub.over_slice():
-            self.hub.loop.call_soon(self._resume_later, value)
-            return
-        self._resume(value)
 
     def _resume(self, value, exc=None):
         if exc is None:
@@ -796,6 +847,8 @@ def sleep(seconds):
     if type(worker) is not _Worker:
         _real_sleep(seconds)
         return
+    if not -9223372036.854776 < seconds < 9223372036.854776:  # beyond 2**63 ns, or NaN:
+        _real_sleep(seconds)  # time.sleep raises its own error at once (never waits forever)
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
     waiter = Waiter()
