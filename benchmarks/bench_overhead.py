@@ -11,16 +11,16 @@ of them alike: greenasync.run, loop.run_in_executor (default pool), asyncio.to_t
 asgiref's sync_to_async (if installed), and a bare ``await asyncio.sleep(0)`` (one loop
 iteration: the floor for anything that yields). Runs on asyncio and on uvloop.
 
-    python benchmarks/bench_overhead.py [--rounds 7] [--calls 20000]
+    python benchmarks/bench_overhead.py [--rounds 7] [--calls 20000] [--quick]
 """
 
 import argparse
 import asyncio
 import socket
-import statistics
 import time
 
 import greenasync
+from _common import alternate_async, loop_factories, machine, report
 
 try:
     from asgiref.sync import sync_to_async
@@ -93,42 +93,34 @@ def kinds():
 
 
 async def measure(workload, rounds, calls):
-    results = {kind: [] for kind in kinds()}
     slow_calls = max(500, calls // 20)  # thread hops are ~20x slower: fewer calls, same time
-    for _ in range(rounds):
-        for kind in kinds():  # alternate kinds inside each round
-            n = calls if kind in ("greenasync.run", "asyncio.sleep(0)") else slow_calls
-            results[kind].append(await workload(kind, n))
-    return results
+
+    def one(kind):  # kinds alternate inside each round
+        fast = kind in ("greenasync.run", "asyncio.sleep(0)")
+        return workload(kind, calls if fast else slow_calls)
+
+    return await alternate_async(rounds, kinds(), one)
 
 
-def report(title, results):
-    base = statistics.median(results["greenasync.run"])
-    print(f"\n{title}")
-    print(f"  {'alternative':24} {'median µs':>10} {'min–max µs':>16} {'× greenasync.run':>17}")
-    for kind, samples in results.items():
-        med = statistics.median(samples)
-        spread = f"{min(samples) * 1e6:.2f}–{max(samples) * 1e6:.2f}"
-        print(f"  {kind:24} {med * 1e6:10.2f} {spread:>16} {med / base:17.1f}")
+def show(title, results):
+    report(title, results, "greenasync.run", unit="µs", scale=1e6)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--quick", action="store_true", help="a few seconds' smoke run")
     args = parser.parse_args()
-    loops = [("asyncio", asyncio.new_event_loop)]
-    try:
-        import uvloop
-
-        loops.append(("uvloop", uvloop.new_event_loop))
-    except ImportError:
-        print("uvloop not installed: asyncio only")
-    for name, factory in loops:
+    if args.quick:
+        args.rounds, args.calls = 2, 2000
+    print(machine())
+    for name, factory in loop_factories(["asyncio", "uvloop"]):
         with asyncio.Runner(loop_factory=factory) as runner:
-            report(f"[{name}] trivial call", runner.run(measure(bench_trivial, args.rounds, args.calls)))
-            report(f"[{name}] call that parks once on a socketpair",
-                   runner.run(measure(bench_park_once, args.rounds, args.calls)))
+            show(f"[{name}] trivial call",
+                 runner.run(measure(bench_trivial, args.rounds, args.calls)))
+            show(f"[{name}] call that parks once on a socketpair",
+                 runner.run(measure(bench_park_once, args.rounds, args.calls)))
 
 
 if __name__ == "__main__":
