@@ -10,6 +10,7 @@ _patch.py      scoped patching: rebinds, in one package's modules only, the name
                to those stdlib modules/functions/classes to the shims. Reversible.
 _wrap.py       the wrap() decorator: a declarative awaitable facade over a sync class.
 _watchdog.py   watchdog(): reports loop stalls with the stack that stalled them; statistics().
+_lifecycle.py  shutdown(): ends a loop's worker greenlets; closed loops' parked workers; fork.
 pytest_plugin  a fixture/marker that fails a test whose loop stalls.
 _errors.py     greenasync's own exceptions; a wrapped library's errors pass through unchanged.
 
@@ -31,6 +32,7 @@ from ._bridge import (
     wait_writable,
 )
 from ._errors import ConcurrentUseError, GreenasyncError, MissingGreenletError, NoRunningLoopError
+from ._lifecycle import shutdown
 from ._patch import PatchReport, Rebinding, patch, patch_all, patched, unpatch, unpatch_all
 from ._watchdog import Stall, StallFrame, Statistics, Watchdog, statistics, watchdog
 from ._wrap import (
@@ -70,6 +72,7 @@ __all__ = [
     "StallFrame",
     "statistics",
     "Statistics",
+    "shutdown",
     "run",
     "in_green_context",
     "sleep",

@@ -13,6 +13,8 @@ PUBLIC = {
     "AsyncIterator", "AsyncContextManager",
     # operability
     "watchdog", "Watchdog", "Stall", "StallFrame", "statistics", "Statistics",
+    # lifecycle
+    "shutdown",
     # errors
     "GreenasyncError", "NoRunningLoopError", "MissingGreenletError", "ConcurrentUseError",
 }
