@@ -135,6 +135,7 @@ if _EPOLL is not None:
 # timer armed for the earliest; a waiter woken otherwise leaves a stale entry, dropped when
 # it reaches the top or when stale entries make up half of a big heap.
 _seq = itertools.count()
+_MAX_TIMER = 86400.0
 _COMPACT_MIN = 256
 
 
@@ -321,7 +322,10 @@ class _Hub:
         if self.timer is not None:
             self.timer.cancel()
         self.timer_when = when
-        self.timer = self.loop.call_later(max(0.0, when - _monotonic()), self._expire)
+        # Capped: an infinite or huge timeout needs no timer yet (uvloop refuses huge
+        # delays); a timer that fires before the deadline is re-armed by _expire.
+        delay = min(max(0.0, when - _monotonic()), _MAX_TIMER)
+        self.timer = self.loop.call_later(delay, self._expire)
 
     def _expire(self):
         # The loop timer for the earliest deadline (root greenlet). Time out every waiter
@@ -644,6 +648,10 @@ class Waiter:
             raise _CancelledError()
         hub = self.hub
         if timeout is not None:
+            if timeout != timeout:  # NaN: in the heap it would never fire, nor let others
+                self.fired = True
+                self._cleanup()
+                raise ValueError("Invalid value NaN (not a number)")
             hub.add_deadline(self, timeout)
             self._timed = True
         self.kind = kind
@@ -695,6 +703,15 @@ class Waiter:
                 f"{'writable' if writing else 'readable'}; a connection cannot be shared by "
                 "concurrent calls (use one connection per call, e.g. a pool)"
             )
+        # Register first: it can fail (EPERM for a regular file, EMFILE making the epoll
+        # set, a closed fd), and must then leave no table entry behind, or every later wait
+        # on the fd would be a ConcurrentUseError.
+        if _EPOLL is not None:
+            hub.watch_fd(fd, owner)
+        elif writing:
+            hub.loop.add_writer(fd, self._fire, True)
+        else:
+            hub.loop.add_reader(fd, self._fire, True)
         table[fd] = self
         if self._table is None:
             self._table = table
@@ -703,12 +720,6 @@ class Waiter:
             if self._more is None:
                 self._more = []
             self._more.append((table, fd))
-        if _EPOLL is not None:
-            hub.watch_fd(fd, owner)
-        elif writing:
-            hub.loop.add_writer(fd, self._fire, True)
-        else:
-            hub.loop.add_reader(fd, self._fire, True)
 
     def _unwatch(self, table, fd):
         del table[fd]  # the fd stays in the epoll set for its next wait

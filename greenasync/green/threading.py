@@ -90,13 +90,11 @@ def _me():
 
 
 def _check_timeout(blocking, timeout):
-    # The stdlib lock's argument rules and messages (only reached when timeout != -1).
-    if not blocking:
-        raise ValueError("can't specify a timeout for a non-blocking call")
-    if timeout < 0:
-        raise ValueError("timeout value must be positive")
-    if timeout > _TIMEOUT_MAX:
-        raise OverflowError("timeout value is too large")
+    # The stdlib lock's argument rules and messages (only reached when timeout != -1): for
+    # anything but an ordinary timeout, a fresh (free) lock parses the arguments exactly as
+    # threading.Lock does (NaN, overflow, wrong type, non-blocking) and raises its error.
+    if not (blocking and type(timeout) in (int, float) and 0 <= timeout <= _TIMEOUT_MAX):
+        _allocate_lock().acquire(blocking, timeout)
 
 
 def _loop_thread_worker(who):
@@ -133,6 +131,9 @@ class _Entry:
         """Park (greenlet) or block (thread) until woken; False after ``timeout`` seconds
         (None: forever). A parked greenlet may raise CancelledError instead."""
         if self.waiter is not None:
+            if timeout is not None and not 0 <= timeout <= _TIMEOUT_MAX:
+                # What the thread branch's lock raises (NaN, too large), not a wait forever.
+                _allocate_lock().acquire(True, timeout)
             return self.waiter.wait(timeout) is True
         if timeout is None:
             return self.lock.acquire()
@@ -405,7 +406,8 @@ class Condition(_std.Condition):
         saved = self._release_save()
         error = None
         try:
-            entry.block(None if timeout is None else max(timeout, 0))
+            # As the stdlib: a timeout that is not > 0 (NaN included) only polls.
+            entry.block(None if timeout is None else timeout if timeout > 0 else 0)
         except BaseException as exc:  # cancellation of a parked greenlet, KeyboardInterrupt
             error = exc
         # Hold the lock again whatever happened: the caller's `with` will release it. The

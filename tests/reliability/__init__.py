@@ -1,0 +1,1 @@
+"""Reliability: shutdown, signals, fork, and fault injection (see README.md here)."""
