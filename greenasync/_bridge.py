@@ -404,8 +404,9 @@ class _Worker(greenlet):
                 return _DONE  # the greenlet ends; returning switches to the root
             hub.idle.append(self)
             job = None  # an idle worker must not keep the last call's arguments alive
-            # Back to whoever is suspended in the root: run() if the job never parked, the
-            # _fire callback that resumed us otherwise. The next run() switches a job in here.
+            # Back to whoever is suspended in the root: run() if the job never parked, else
+            # the callback that resumed (_fire) or started (_drain) us. The next job is
+            # switched in here.
             job = root.switch(_DONE)
 
     def _finish(self, job):
@@ -518,7 +519,8 @@ async def run(fn, /, *args, **kwargs):
         # This iteration's slice is used up, or calls wait already: start behind them.
         hub.defer_start(job)
         return await _outcome(job)
-    # First stretch: the worker runs fn until it finishes or parks, then switches back here.
+    # First stretch (_start(), inlined: the hot path): the worker runs fn until it finishes
+    # or parks, then switches back here.
     if hub.idle:
         state = hub.idle.pop().switch(job)
     else:
