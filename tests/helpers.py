@@ -4,6 +4,8 @@ import asyncio
 import threading
 import time
 
+from pymongo.monitoring import ConnectionPoolListener
+
 
 async def wait_until(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
@@ -53,3 +55,52 @@ def start_sync_writers(client, prefix, errors, threads=4, keys=100):
     for thread in started:
         thread.start()
     return started
+
+
+class PoolStats(ConnectionPoolListener):
+    """CMAP events of the application pool (monitor connections publish none)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # plain threads publish events too
+        self.created = self.closed = self.max_open = 0
+        self.checked_out = self.max_checked_out = 0
+
+    def connection_created(self, event):
+        with self._lock:
+            self.created += 1
+            self.max_open = max(self.max_open, self.created - self.closed)
+
+    def connection_closed(self, event):
+        with self._lock:
+            self.closed += 1
+
+    def connection_checked_out(self, event):
+        with self._lock:
+            self.checked_out += 1
+            self.max_checked_out = max(self.max_checked_out, self.checked_out)
+
+    def connection_checked_in(self, event):
+        with self._lock:
+            self.checked_out -= 1
+
+    # The listener interface requires these; nothing to record.
+    def pool_created(self, event):
+        pass
+
+    def pool_ready(self, event):
+        pass
+
+    def pool_cleared(self, event):
+        pass
+
+    def pool_closed(self, event):
+        pass
+
+    def connection_ready(self, event):
+        pass
+
+    def connection_check_out_started(self, event):
+        pass
+
+    def connection_check_out_failed(self, event):
+        pass

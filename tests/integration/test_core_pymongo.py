@@ -25,12 +25,12 @@ import pymongo
 import pytest
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError, NetworkTimeout, ServerSelectionTimeoutError
-from pymongo.monitoring import ConnectionPoolListener
 
 import greenasync
 from greenasync.green import socket as green_socket
 from greenasync.green import threading as green_threading
 from greenasync.testing.mongo_server import start_process
+from helpers import PoolStats
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,55 +51,6 @@ def knobs(server):
     """The server, with its delay/close knobs reset after the test."""
     yield server
     server.configure()
-
-
-class PoolStats(ConnectionPoolListener):
-    """CMAP events of the application pool (monitor connections publish none)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()  # plain threads publish events too (test 3)
-        self.created = self.closed = self.max_open = 0
-        self.checked_out = self.max_checked_out = 0
-
-    def connection_created(self, event):
-        with self._lock:
-            self.created += 1
-            self.max_open = max(self.max_open, self.created - self.closed)
-
-    def connection_closed(self, event):
-        with self._lock:
-            self.closed += 1
-
-    def connection_checked_out(self, event):
-        with self._lock:
-            self.checked_out += 1
-            self.max_checked_out = max(self.max_checked_out, self.checked_out)
-
-    def connection_checked_in(self, event):
-        with self._lock:
-            self.checked_out -= 1
-
-    # The listener interface requires these; nothing to record.
-    def pool_created(self, event):
-        pass
-
-    def pool_ready(self, event):
-        pass
-
-    def pool_cleared(self, event):
-        pass
-
-    def pool_closed(self, event):
-        pass
-
-    def connection_ready(self, event):
-        pass
-
-    def connection_check_out_started(self, event):
-        pass
-
-    def connection_check_out_failed(self, event):
-        pass
 
 
 @contextlib.asynccontextmanager
