@@ -77,12 +77,17 @@ async def parked_count():
     return sum(greenasync.statistics().parked.values())
 
 
-async def test_shutdown_ends_parked_calls_and_their_sockets_close():
-    before = open_fds()
-    jobs = Jobs(CALLS)
+async def park_all(jobs):
+    """Start the jobs' calls and wait until all of them are parked."""
     jobs.start()
     while await parked_count() < CALLS:
         await asyncio.sleep(0.001)
+
+
+async def test_shutdown_ends_parked_calls_and_their_sockets_close():
+    before = open_fds()
+    jobs = Jobs(CALLS)
+    await park_all(jobs)
     ended = greenasync.shutdown()
     results = await asyncio.gather(*jobs.tasks, return_exceptions=True)
     stats = greenasync.statistics()
@@ -108,12 +113,7 @@ def test_shutdown_after_the_loop_was_closed_without_cancelling(loop_kind):
     loop, run, close = new_loop(loop_kind)
     jobs = Jobs(CALLS)
 
-    async def start():
-        jobs.start()
-        while await parked_count() < CALLS:
-            await asyncio.sleep(0.001)
-
-    run(start)
+    run(lambda: park_all(jobs))
     close()  # IOLoop.close()/loop.close(): nothing cancels the calls
     still_open = len(open_fds() - before)
     ended = greenasync.shutdown(loop)
@@ -135,12 +135,7 @@ def test_a_new_loop_ends_the_parked_workers_of_a_closed_one(loop_kind):
     _, run, close = new_loop(loop_kind)
     jobs = Jobs(CALLS)
 
-    async def start():
-        jobs.start()
-        while await parked_count() < CALLS:
-            await asyncio.sleep(0.001)
-
-    run(start)
+    run(lambda: park_all(jobs))
     close()
     cleaned_at_close = len(jobs.cleaned)
 
