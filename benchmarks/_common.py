@@ -9,14 +9,11 @@ import asyncio
 import math
 import os
 import platform
-import resource
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+
+from greenasync.testing.redis_server import PrivateRedis, free_port, raise_nofile, reachable
 
 __all__ = [
     "alternate", "percentile", "report", "machine", "free_port", "reachable", "PrivateRedis",
@@ -217,82 +214,12 @@ def loop_factories(names):
     return out
 
 
-def raise_nofile(wanted):
-    """Raise this process's soft RLIMIT_NOFILE towards ``wanted`` (up to the hard limit)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def cpu_seconds():
     """CPU time (user + system) of this process, all threads."""
     return time.process_time()
 
 
 # --- servers -------------------------------------------------------------------------------
-
-
-def reachable(host, port, timeout=0.5):
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateRedis:
-    """A throwaway ``redis-server`` on a free loopback port, no persistence (mirrors
-    tests/servers.py's, with extra arguments and a bigger fd limit)."""
-
-    def __init__(self, *extra_args, nofile=None):
-        if not shutil.which("redis-server"):
-            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-        self.port = free_port()
-        self.dir = tempfile.TemporaryDirectory(prefix="greenasync-bench-redis-")
-
-        def limits():  # in the child: a soft fd limit large enough for maxclients
-            if nofile:
-                raise_nofile(nofile)
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name, *extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=limits,
-        )
-        deadline = time.monotonic() + 10
-        while not reachable("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("could not start a private redis-server")
-            time.sleep(0.02)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def command(self, *args):
-        """One command over a fresh plain socket (no client library involved)."""
-        import redis
-
-        with redis.Redis(port=self.port, socket_timeout=10, decode_responses=True) as r:
-            return r.execute_command(*args)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.dir.cleanup()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 # --- plots ---------------------------------------------------------------------------------

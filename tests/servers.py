@@ -8,53 +8,12 @@ test with a message naming it and the variable to set.
 
 import os
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import urllib.parse
 
 import pytest
 
-
-def reachable(host, port, timeout=0.5):
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateRedis:
-    """A throwaway ``redis-server`` on a free loopback port (no persistence)."""
-
-    def __init__(self, *extra_args):
-        self.port = free_port()
-        self.dir = tempfile.TemporaryDirectory(prefix="greenasync-redis-")
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", self.dir.name, *extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not reachable("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("could not start a private redis-server")
-            time.sleep(0.02)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.dir.cleanup()
+# The benchmarks use the same (one copy, shipped as greenasync.testing.redis_server).
+from greenasync.testing.redis_server import PrivateRedis, free_port, reachable  # noqa: F401
 
 
 def redis_url():

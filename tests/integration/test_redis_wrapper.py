@@ -506,7 +506,7 @@ async def test_retry_backoff_sleeps_cooperatively(redis_url, prefix, closing, ti
     assert t.max_gap < STALL and t.ticks >= 40, (t.max_gap, t.ticks)
 
 
-async def test_redis_restart_mid_traffic(monkeypatch, closing):
+async def test_redis_restart_mid_traffic(closing):
     import servers
 
     server = servers.PrivateRedis()
@@ -546,8 +546,7 @@ async def test_redis_restart_mid_traffic(monkeypatch, closing):
         with pytest.raises(redis.ConnectionError):
             await r.get("k")  # nobody listens on the port now
 
-        monkeypatch.setattr(servers, "free_port", lambda: port)
-        server = await loop.run_in_executor(None, servers.PrivateRedis)
+        server = await loop.run_in_executor(None, lambda: servers.PrivateRedis(port=port))
         assert server.port == port
         # Later calls recover on fresh connections (the new server is empty).
         assert await r.get("k") is None
