@@ -270,12 +270,14 @@ class _Hub:
         if poller is None:
             poller = self.poller = _EPOLL()
             self.loop.add_reader(poller.fileno(), self._dispatch)
+        # Modify first: a bare fd (select/poll shims, public waits) is usually in the set
+        # already, and modifying re-reports readiness that is there now (an edge set only
+        # reports changes: a bare fd's waiter may not have tried the fd first). Not in the
+        # set (a new fd, or a new file behind a reused fd number): register it.
         try:
-            poller.register(fd, _EPOLL_MASK)
-        except FileExistsError:
-            # In the set already. Modifying re-reports readiness that is there now (an edge
-            # set only reports changes): a bare fd's waiter may not have tried the fd first.
             poller.modify(fd, _EPOLL_MASK)
+        except FileNotFoundError:
+            poller.register(fd, _EPOLL_MASK)
         if owner is not None:
             self.owners[fd] = weakref.ref(owner)
 
