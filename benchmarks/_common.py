@@ -16,7 +16,7 @@ import time
 from greenasync.testing.redis_server import PrivateRedis, free_port, raise_nofile, reachable
 
 __all__ = [
-    "alternate", "percentile", "report", "machine", "free_port", "reachable", "PrivateRedis",
+    "alternate_async", "percentile", "report", "machine", "free_port", "reachable", "PrivateRedis",
     "loop_factories", "raise_nofile", "plot",
 ]
 
@@ -24,21 +24,21 @@ __all__ = [
 # --- statistics and tables -----------------------------------------------------------------
 
 
-def alternate(rounds, kinds, measure):
-    """``{kind: [measure(kind) for each round]}``, calling the kinds in turn in every round."""
+async def alternate_async(rounds, kinds, measure, failures=None):
+    """``{kind: [await measure(kind) for each round]}``, the kinds in turn in every round
+    (A B C, A B C, ...). With ``failures`` (a label such as "C=10"), a sample that raises is
+    printed with that label and recorded as None (a missing sample) instead of ending the
+    run."""
     results = {kind: [] for kind in kinds}
     for _ in range(rounds):
         for kind in kinds:
-            results[kind].append(measure(kind))
-    return results
-
-
-async def alternate_async(rounds, kinds, measure):
-    """:func:`alternate` for a coroutine function ``measure``."""
-    results = {kind: [] for kind in kinds}
-    for _ in range(rounds):
-        for kind in kinds:
-            results[kind].append(await measure(kind))
+            try:
+                results[kind].append(await measure(kind))
+            except Exception as exc:
+                if failures is None:
+                    raise
+                print(f"  {kind} {failures}: failed: {type(exc).__name__}: {exc}")
+                results[kind].append(None)
     return results
 
 

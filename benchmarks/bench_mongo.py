@@ -40,8 +40,8 @@ import pymongo
 import greenasync
 import greenasync.mongo
 from _common import (
-    Column, goal, loop_factories, machine, medians, paired_ratio, percentile, plot, table,
-    versions,
+    Column, alternate_async, goal, loop_factories, machine, medians, paired_ratio, percentile,
+    plot, table, versions,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -136,14 +136,9 @@ async def sample(alt, op_name, c, args):
 
 
 async def run_config(loop_name, op_name, c, args, all_results):
-    results = {alt: [] for alt in args.alternatives}
-    for _ in range(args.rounds):
-        for alt in args.alternatives:  # A B C, A B C, ...
-            try:
-                results[alt].append(await sample(alt, op_name, c, args))
-            except Exception as exc:  # reported, and the sample counts as missing
-                print(f"  {alt} {op_name} C={c}: failed: {type(exc).__name__}: {exc}")
-                results[alt].append(None)
+    results = await alternate_async(args.rounds, args.alternatives,
+                                    lambda alt: sample(alt, op_name, c, args),
+                                    failures=f"{op_name} C={c}")
     table(f"[{loop_name}] {OPS[op_name]} C={c}", results, GREEN, [
         Column("ops_s", "ops/s", digits=0, ratio="higher", spread=True),
         Column("p50", "p50 ms", scale=1e3, digits=2),

@@ -53,8 +53,8 @@ import redis.connection
 import greenasync
 import greenasync.redis
 from _common import (
-    Column, PrivateRedis, goal, loop_factories, machine, medians, paired_ratio, percentile,
-    plot, raise_nofile, table, versions,
+    Column, PrivateRedis, alternate_async, goal, loop_factories, machine, medians, paired_ratio,
+    percentile, plot, raise_nofile, table, versions,
 )
 
 VALUE = b"x" * 100
@@ -273,14 +273,8 @@ async def sample(alt, c, parser, args):
 
 async def run_config(loop_name, parser, c, args, all_results):
     alts = [a for a in args.alternatives if a != "redis-py sync" or c == 1]
-    results = {alt: [] for alt in alts}
-    for _ in range(args.rounds):
-        for alt in alts:  # A B C D E, A B C D E, ...
-            try:
-                results[alt].append(await sample(alt, c, parser, args))
-            except Exception as exc:  # reported, and the sample counts as missing
-                print(f"  {alt} C={c} {parser}: failed: {type(exc).__name__}: {exc}")
-                results[alt].append(None)
+    results = await alternate_async(args.rounds, alts, lambda alt: sample(alt, c, parser, args),
+                                    failures=f"C={c} {parser}")
     table(f"[{loop_name}, {parser}] C={c}", results, GREEN, [
         Column("ops_s", "ops/s", digits=0, ratio="higher", spread=True),
         Column("p50", "p50 ms", scale=1e3, digits=2),
