@@ -62,8 +62,7 @@ def shutdown(loop=None):
     Every call in flight (a worker parked at a wait) gets ``GreenletExit`` thrown in at its
     wait, as a cancellation would be: its ``finally`` blocks and the library's own cleanup
     run, so its sockets close, and the coroutine awaiting it gets ``CancelledError`` (if the
-    loop still runs; a closed loop can run nothing more). Calls queued to start (behind a
-    used-up time slice) are cancelled before they start. Idle pooled workers are ended too;
+    loop still runs; a closed loop can run nothing more). Idle pooled workers are ended too;
     a running loop makes new ones for later calls.
 
     ``loop``: the running loop by default; with none running, every loop of this thread
@@ -113,26 +112,25 @@ def _parked(hub):
 
 
 def _detach(worker):
-    # On a closed loop a future can take no callbacks (cancel() would raise "Event loop is
-    # closed"): the ending job reports to nobody.
+    # From now on no task resumes the job: its waits are resumed by their wake-ups directly.
+    # A run() still awaiting the wait is woken through the wait's future; at its next step
+    # it reports how the job ended (CancelledError for GreenletExit, or while it still
+    # unwinds; its value if it swallowed the exit and returned). On a closed loop a future
+    # takes no callbacks, and nobody awaits anyway.
     job = worker.job
-    if job is not None:
-        job.future = None
+    if job is None or job.detached:
+        return
+    job.detached = True
+    waiter = worker.waiter
+    fut = waiter.future if waiter is not None else None
+    if fut is not None and not fut.done() and not worker.hub.loop.is_closed():
+        fut.set_result(None)
 
 
 def _end_workers(hub):
-    closed = hub.loop.is_closed()
     ended = 0
-    if not closed:
-        # Calls a used-up time slice queued and has not started yet: they never start (the
-        # hub's drain skips a job whose future is done); their callers get CancelledError.
-        for job in list(getattr(hub, "starts", ())):
-            if not job.future.done():
-                job.future.cancel()
-                ended += 1
     for worker in _parked(hub):
-        if closed:
-            _detach(worker)
+        _detach(worker)
         if _end(hub, worker):
             ended += 1
     idle, hub.idle = hub.idle, []
@@ -153,8 +151,7 @@ def _end(hub, worker):
         try:
             worker.throw(GreenletExit)
         except Exception:
-            # The job's cleanup failed in a way the worker could not report (its future
-            # refused the outcome); the greenlet has ended with that error.
+            # An error escaped the worker's loop (a bug): the greenlet has ended with it.
             log.warning("greenasync: a worker greenlet raised while it was being ended",
                         exc_info=True)
     if not worker.dead:

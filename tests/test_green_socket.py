@@ -135,6 +135,40 @@ def test_default_timeout_and_sock_nonblock_are_honoured():
 # --- Green context.
 
 
+async def test_concurrent_calls_send_their_requests_before_reading_replies():
+    # Each call sends a request and reads the reply, which is already there when it reads
+    # (the peer answers at once). Read at once, each call would do its whole round trip
+    # alone: send, recv, send, recv. The turnaround yield between a send and the next recv
+    # lets every call put its request out first; the replies are then read without a wait.
+    events = []
+    pairs = [gs.socketpair() for _ in range(5)]
+
+    def call(i):
+        a, b = pairs[i]
+        a.sendall(b"q")
+        events.append("send")
+        b.sendall(b"r")  # the server's reply
+        assert a.recv(1) == b"r"
+        events.append("recv")
+
+    before = greenasync.statistics().parks_by_kind
+    await asyncio.gather(*(greenasync.run(call, i) for i in range(5)))
+    after = greenasync.statistics().parks_by_kind
+    for a, b in pairs:
+        a.close()
+        b.close()
+    assert events == ["send"] * 5 + ["recv"] * 5, events
+    assert after["yield"] - before["yield"] == 5 and after["read"] == before["read"], after
+
+
+def test_turnaround_is_nothing_outside_green_context():
+    a, b = gs.socketpair()
+    with a, b:
+        a.sendall(b"q")
+        b.sendall(b"r")
+        assert a.recv(1) == b"r"  # no loop, no greenlet: the stdlib's behaviour
+
+
 async def test_recv_parks_without_stalling_the_loop(ticker):
     a, b = gs.socketpair()
     with a, b:

@@ -404,7 +404,7 @@ def test_bad_arguments():
 # --- statistics -----------------------------------------------------------------------------
 
 
-KINDS = ("read", "write", "sleep", "lock", "thread", "await")
+KINDS = ("read", "write", "sleep", "lock", "thread", "await", "yield")
 
 
 def kinds(**counts):

@@ -35,6 +35,7 @@ from .._bridge import cancel_wait as _cancel_wait, forget_fd as _forget_fd
 from . import StandIn as _StandIn
 from .._bridge import in_green_context as _in_green_context, sleep as _sleep
 from .._bridge import to_thread as _to_thread, wait_socket as _wait_socket
+from .._bridge import turnaround as _turnaround
 
 __greenasync_stdlib__ = _std
 __greenasync_overrides__ = (
@@ -78,9 +79,26 @@ def _timeout_value(sock, value):
 def _cooperative(op, writing, keywords=False):
     """Wrap C method ``op``: try the non-blocking call; on would-block, wait through the
     bridge; retry (until the user's timeout). Only ``recv_into``/``recvfrom_into`` take
-    keyword arguments in C; the others skip building a kwargs dict on every call."""
-    if keywords:
+    keyword arguments in C; the others skip building a kwargs dict on every call. A read
+    after a send first calls ``turnaround()`` (see greenasync/_bridge.py)."""
+    if writing:
+        # A send marks the socket: its next read yields to the loop first (turnaround()).
+        def method(self, *args):
+            try:
+                result = op(self, *args)
+            except BlockingIOError:
+                if self._timeout == 0.0:
+                    raise
+                result = None
+            if result is None:  # (no send returns None)
+                result = self._retry_io(op, writing, args, {})
+            self._sent = True
+            return result
+    elif keywords:
         def method(self, *args, **kwargs):
+            if self._sent:
+                self._sent = False
+                _turnaround()
             try:
                 return op(self, *args, **kwargs)
             except BlockingIOError:
@@ -89,6 +107,9 @@ def _cooperative(op, writing, keywords=False):
             return self._retry_io(op, writing, args, kwargs)
     else:
         def method(self, *args):
+            if self._sent:
+                self._sent = False
+                _turnaround()
             try:
                 return op(self, *args)
             except BlockingIOError:
@@ -106,7 +127,7 @@ class socket(_std.socket, metaclass=_StandIn):
     greenlet it behaves exactly like the stdlib class (it is a subclass of it, and
     ``isinstance(stdlib_socket, socket)`` is true as well)."""
 
-    __slots__ = ("_timeout",)
+    __slots__ = ("_timeout", "_sent")
     _greenasync_stdlib_class = _std.socket
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
@@ -115,6 +136,7 @@ class socket(_std.socket, metaclass=_StandIn):
         # default timeout, or 0 for SOCK_NONBLOCK): adopt it as the user's timeout, and
         # make the OS socket non-blocking for good.
         self._timeout = _C.gettimeout(self)
+        self._sent = False
         _C.settimeout(self, 0.0)
 
     def _real_close(self, _ss=_C):
@@ -201,6 +223,7 @@ class socket(_std.socket, metaclass=_StandIn):
         with memoryview(data) as view, view.cast("B") as rest:
             total = len(rest)
             if sent == total:
+                self._sent = True
                 return
             deadline = None if timeout is None else _monotonic() + timeout
             while sent < total:
@@ -213,6 +236,7 @@ class socket(_std.socket, metaclass=_StandIn):
                     if timeout == 0.0:
                         raise
                 self._wait(True, deadline)
+            self._sent = True
 
     sendall.__doc__ = _C.sendall.__doc__
 

@@ -27,6 +27,7 @@ from time import monotonic as _monotonic
 from . import StandIn as _StandIn
 from . import socket as _gsocket
 from .socket import _rehome
+from .._bridge import turnaround as _turnaround
 
 __greenasync_stdlib__ = _std
 __greenasync_overrides__ = (
@@ -99,15 +100,22 @@ class SSLSocket(_std.SSLSocket, _gsocket.socket):
         raise _gsocket._timeout_error(f"The {what} operation timed out")
 
     def read(self, len=1024, buffer=None):
+        if self._sent:  # a request went out: let other tasks send theirs (see turnaround)
+            self._sent = False
+            _turnaround()
         return self._retry_tls("read", self._timeout, super().read, len, buffer)
 
     def write(self, data):
-        return self._retry_tls("write", self._timeout, super().write, data)
+        written = self._retry_tls("write", self._timeout, super().write, data)
+        self._sent = True
+        return written
 
     def send(self, data, flags=0):
         # The stdlib's send() calls the _ssl object's write() directly (not self.write), and
         # on an unwrapped socket it calls the green socket's send(), which waits by itself.
-        return self._retry_tls("write", self._timeout, super().send, data, flags)
+        sent = self._retry_tls("write", self._timeout, super().send, data, flags)
+        self._sent = True
+        return sent
 
     def do_handshake(self, block=False):
         self._check_connected()

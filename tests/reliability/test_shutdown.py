@@ -164,31 +164,6 @@ def test_a_new_loop_ends_the_parked_workers_of_a_closed_one(loop_kind):
     assert not leaked, figures
 
 
-async def test_calls_queued_behind_a_used_up_time_slice_never_start():
-    started = []
-
-    def busy_then_park(i):
-        started.append(i)
-        end = time.perf_counter() + 0.001  # 1 ms of library code: 50 of them overrun a slice
-        while time.perf_counter() < end:
-            pass
-        greenasync.sleep(30)
-
-    tasks = [asyncio.ensure_future(greenasync.run(busy_then_park, i)) for i in range(50)]
-    await asyncio.sleep(0)  # the tasks run their first step: some start, the rest queue
-    queued = len(_bridge._hubs[asyncio.get_running_loop()].starts)
-    started_before = len(started)
-    ended = greenasync.shutdown()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for _ in range(3):
-        await asyncio.sleep(0)
-    figures = (f"started before shutdown {started_before}, queued {queued}, ended {ended}, "
-               f"started in all {len(started)}")
-    assert queued > 0 and started_before + queued == 50, figures
-    assert ended == 50 and len(started) == started_before, figures
-    assert all(isinstance(r, asyncio.CancelledError) for r in results), figures
-
-
 async def test_cleanup_that_parks_again_or_swallows_the_exit_is_ended_too():
     a, b = green_socket.socketpair()
     c, d = green_socket.socketpair()
