@@ -1118,7 +1118,8 @@ class Statistics:
     shims), ``sleep`` (``time.sleep``/``greenasync.sleep``), ``lock`` (hybrid threading and
     queue primitives, any ``Waiter.wait``), ``thread`` (``greenasync.to_thread``: a pool
     thread runs the call), ``await`` (``greenasync.await_``: a coroutine runs on the loop),
-    ``yield`` (one loop round between sending a request and reading its reply).
+    ``yield`` (one loop round where a connection turns from sending to reading or back,
+    while other calls are in flight).
     ``calls``: ``greenasync.run()`` calls started.
     ``parks``: waits that parked a worker (each gives the loop back until a wake-up).
     ``parks_by_kind``: ``parks`` split by the kinds above.

@@ -135,30 +135,43 @@ def test_default_timeout_and_sock_nonblock_are_honoured():
 # --- Green context.
 
 
-async def test_concurrent_calls_send_their_requests_before_reading_replies():
-    # Each call sends a request and reads the reply, which is already there when it reads
-    # (the peer answers at once). Read at once, each call would do its whole round trip
-    # alone: send, recv, send, recv. The turnaround yield between a send and the next recv
-    # lets every call put its request out first; the replies are then read without a wait.
+async def test_concurrent_calls_take_turns_at_each_turnaround():
+    # Each call sends a request and reads the reply, twice; the reply is already there when
+    # it reads (the peer answers at once). Run straight through, each call would do its
+    # round trips alone: send, recv, send, recv. Yielding where a connection turns around
+    # (before the read after a send, before the send after a read) makes concurrent calls
+    # send together and read together, as asyncio clients do.
     events = []
     pairs = [gs.socketpair() for _ in range(5)]
 
     def call(i):
         a, b = pairs[i]
-        a.sendall(b"q")
-        events.append("send")
-        b.sendall(b"r")  # the server's reply
-        assert a.recv(1) == b"r"
-        events.append("recv")
+        # All five in flight first: that is what turnaround() looks at (on uvloop it cannot
+        # see the other tasks about to start theirs).
+        greenasync.sleep(0)
+        for n in range(2):
+            a.sendall(b"q")
+            events.append(f"send{n}")
+            b.sendall(b"r")  # the server's reply
+            assert a.recv(1) == b"r"
+            events.append(f"recv{n}")
 
-    before = greenasync.statistics().parks_by_kind
+    def yields():
+        return greenasync.statistics().parks_by_kind["yield"]
+
+    before, reads = yields(), greenasync.statistics().parks_by_kind["read"]
     await asyncio.gather(*(greenasync.run(call, i) for i in range(5)))
-    after = greenasync.statistics().parks_by_kind
+    turns = yields() - before
+    alone = yields()
+    await greenasync.run(call, 0)  # nothing else in flight: straight through
+    alone = yields() - alone
     for a, b in pairs:
         a.close()
         b.close()
-    assert events == ["send"] * 5 + ["recv"] * 5, events
-    assert after["yield"] - before["yield"] == 5 and after["read"] == before["read"], after
+    assert events[:20] == [f"{op}{n}" for n in range(2) for op in ("send", "recv")
+                           for _ in range(5)], events
+    assert turns == 15 and greenasync.statistics().parks_by_kind["read"] == reads, turns
+    assert alone == 0 and events[20:] == ["send0", "recv0", "send1", "recv1"], events[20:]
 
 
 def test_turnaround_is_nothing_outside_green_context():

@@ -76,14 +76,19 @@ def _timeout_value(sock, value):
         _C.settimeout(sock, 0.0)
 
 
+_READ, _WRITE = "read", "write"  # socket._turn
+
+
 def _cooperative(op, writing, keywords=False):
     """Wrap C method ``op``: try the non-blocking call; on would-block, wait through the
     bridge; retry (until the user's timeout). Only ``recv_into``/``recvfrom_into`` take
-    keyword arguments in C; the others skip building a kwargs dict on every call. A read
-    after a send first calls ``turnaround()`` (see greenasync/_bridge.py)."""
+    keyword arguments in C; the others skip building a kwargs dict on every call. Where the
+    socket turns from sending to reading or back, ``turnaround()`` runs first (see
+    greenasync/_bridge.py); ``_turn`` remembers the last direction."""
     if writing:
-        # A send marks the socket: its next read yields to the loop first (turnaround()).
         def method(self, *args):
+            if self._turn is _READ:
+                _turnaround()
             try:
                 result = op(self, *args)
             except BlockingIOError:
@@ -92,30 +97,36 @@ def _cooperative(op, writing, keywords=False):
                 result = None
             if result is None:  # (no send returns None)
                 result = self._retry_io(op, writing, args, {})
-            self._sent = True
+            self._turn = _WRITE
             return result
     elif keywords:
         def method(self, *args, **kwargs):
-            if self._sent:
-                self._sent = False
+            if self._turn is _WRITE:
                 _turnaround()
             try:
-                return op(self, *args, **kwargs)
+                result = op(self, *args, **kwargs)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise  # a non-blocking socket: the stdlib raises at once too
-            return self._retry_io(op, writing, args, kwargs)
+                result = None
+            if result is None:  # (no read returns None)
+                result = self._retry_io(op, writing, args, kwargs)
+            self._turn = _READ
+            return result
     else:
         def method(self, *args):
-            if self._sent:
-                self._sent = False
+            if self._turn is _WRITE:
                 _turnaround()
             try:
-                return op(self, *args)
+                result = op(self, *args)
             except BlockingIOError:
                 if self._timeout == 0.0:
                     raise
-            return self._retry_io(op, writing, args, {})
+                result = None
+            if result is None:
+                result = self._retry_io(op, writing, args, {})
+            self._turn = _READ
+            return result
 
     method.__name__ = method.__qualname__ = op.__name__
     method.__doc__ = op.__doc__
@@ -127,7 +138,7 @@ class socket(_std.socket, metaclass=_StandIn):
     greenlet it behaves exactly like the stdlib class (it is a subclass of it, and
     ``isinstance(stdlib_socket, socket)`` is true as well)."""
 
-    __slots__ = ("_timeout", "_sent")
+    __slots__ = ("_timeout", "_turn")
     _greenasync_stdlib_class = _std.socket
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
@@ -136,7 +147,7 @@ class socket(_std.socket, metaclass=_StandIn):
         # default timeout, or 0 for SOCK_NONBLOCK): adopt it as the user's timeout, and
         # make the OS socket non-blocking for good.
         self._timeout = _C.gettimeout(self)
-        self._sent = False
+        self._turn = None  # _READ or _WRITE: the direction of the last completed operation
         _C.settimeout(self, 0.0)
 
     def _real_close(self, _ss=_C):
@@ -214,6 +225,8 @@ class socket(_std.socket, metaclass=_StandIn):
     def sendall(self, data, flags=0):
         # As in CPython >= 3.5, the timeout bounds the whole call, not each send().
         timeout = self._timeout
+        if self._turn is _READ:
+            _turnaround()
         try:
             sent = _C.send(self, data, flags)
         except BlockingIOError:
@@ -223,7 +236,7 @@ class socket(_std.socket, metaclass=_StandIn):
         with memoryview(data) as view, view.cast("B") as rest:
             total = len(rest)
             if sent == total:
-                self._sent = True
+                self._turn = _WRITE
                 return
             deadline = None if timeout is None else _monotonic() + timeout
             while sent < total:
@@ -236,7 +249,7 @@ class socket(_std.socket, metaclass=_StandIn):
                     if timeout == 0.0:
                         raise
                 self._wait(True, deadline)
-            self._sent = True
+            self._turn = _WRITE
 
     sendall.__doc__ = _C.sendall.__doc__
 

@@ -99,22 +99,28 @@ class SSLSocket(_std.SSLSocket, _gsocket.socket):
         what = what or ("write" if writing else "read")
         raise _gsocket._timeout_error(f"The {what} operation timed out")
 
+    # _turn and turnaround(): as for plain sockets (green/socket.py), at the TLS level.
     def read(self, len=1024, buffer=None):
-        if self._sent:  # a request went out: let other tasks send theirs (see turnaround)
-            self._sent = False
+        if self._turn is _gsocket._WRITE:
             _turnaround()
-        return self._retry_tls("read", self._timeout, super().read, len, buffer)
+        data = self._retry_tls("read", self._timeout, super().read, len, buffer)
+        self._turn = _gsocket._READ
+        return data
 
     def write(self, data):
+        if self._turn is _gsocket._READ:
+            _turnaround()
         written = self._retry_tls("write", self._timeout, super().write, data)
-        self._sent = True
+        self._turn = _gsocket._WRITE
         return written
 
     def send(self, data, flags=0):
         # The stdlib's send() calls the _ssl object's write() directly (not self.write), and
         # on an unwrapped socket it calls the green socket's send(), which waits by itself.
+        if self._turn is _gsocket._READ:
+            _turnaround()
         sent = self._retry_tls("write", self._timeout, super().send, data, flags)
-        self._sent = True
+        self._turn = _gsocket._WRITE
         return sent
 
     def do_handshake(self, block=False):
