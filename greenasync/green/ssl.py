@@ -99,29 +99,27 @@ class SSLSocket(_std.SSLSocket, _gsocket.socket):
         what = what or ("write" if writing else "read")
         raise _gsocket._timeout_error(f"The {what} operation timed out")
 
-    # _turn and turnaround(): as for plain sockets (green/socket.py), at the TLS level.
+    def _turn_to(self, turn):
+        # As for plain sockets (green/socket.py), at the TLS level: where the connection
+        # turns from writing to reading or back, turnaround() first.
+        if self._turn is not turn:
+            if self._turn is not None:
+                _turnaround()
+            self._turn = turn
+
     def read(self, len=1024, buffer=None):
-        if self._turn is _gsocket._WRITE:
-            _turnaround()
-        data = self._retry_tls("read", self._timeout, super().read, len, buffer)
-        self._turn = _gsocket._READ
-        return data
+        self._turn_to(_gsocket._READ)
+        return self._retry_tls("read", self._timeout, super().read, len, buffer)
 
     def write(self, data):
-        if self._turn is _gsocket._READ:
-            _turnaround()
-        written = self._retry_tls("write", self._timeout, super().write, data)
-        self._turn = _gsocket._WRITE
-        return written
+        self._turn_to(_gsocket._WRITE)
+        return self._retry_tls("write", self._timeout, super().write, data)
 
     def send(self, data, flags=0):
         # The stdlib's send() calls the _ssl object's write() directly (not self.write), and
         # on an unwrapped socket it calls the green socket's send(), which waits by itself.
-        if self._turn is _gsocket._READ:
-            _turnaround()
-        sent = self._retry_tls("write", self._timeout, super().send, data, flags)
-        self._turn = _gsocket._WRITE
-        return sent
+        self._turn_to(_gsocket._WRITE)
+        return self._retry_tls("write", self._timeout, super().send, data, flags)
 
     def do_handshake(self, block=False):
         self._check_connected()
