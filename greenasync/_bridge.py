@@ -22,7 +22,8 @@ The switch protocol, which everything else relies on:
   in the root, which takes the waiter out of the hub's fd tables and deadline heap, stores
   the value and resolves the future; the task's next step switches the value in.
   ``_fire`` is one-shot: whichever event comes first wins, the rest are no-ops. The loop
-  itself watches only the hub's epoll fd.
+  itself watches only the hub's epoll fd, which no greenlet ever removes (uvloop crashed
+  when a greenlet removed the watcher whose callback had switched into it).
 * A cancelled task delivers ``CancelledError`` into its worker at the wait (``_cancel``) and
   leaves: the job is then *detached*, and if its cleanup parks again, ``_fire`` resumes it
   directly from the loop callback, until it ends.
