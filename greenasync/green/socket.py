@@ -85,23 +85,11 @@ def _cooperative(op, writing, keywords=False):
     keyword arguments in C; the others skip building a kwargs dict on every call. Where the
     socket turns from sending to reading or back, ``turnaround()`` runs first (see
     greenasync/_bridge.py); ``_turn`` remembers the last direction."""
-    if writing:
-        def method(self, *args):
-            if self._turn is _READ:
-                _turnaround()
-            try:
-                result = op(self, *args)
-            except BlockingIOError:
-                if self._timeout == 0.0:
-                    raise
-                result = None
-            if result is None:  # (no send returns None)
-                result = self._retry_io(op, writing, args, {})
-            self._turn = _WRITE
-            return result
-    elif keywords:
+    # (Where the op raises would-block, result stays None: no send or receive returns None.)
+    opposite, direction = (_READ, _WRITE) if writing else (_WRITE, _READ)
+    if keywords:
         def method(self, *args, **kwargs):
-            if self._turn is _WRITE:
+            if self._turn is opposite:
                 _turnaround()
             try:
                 result = op(self, *args, **kwargs)
@@ -109,13 +97,13 @@ def _cooperative(op, writing, keywords=False):
                 if self._timeout == 0.0:
                     raise  # a non-blocking socket: the stdlib raises at once too
                 result = None
-            if result is None:  # (no read returns None)
+            if result is None:
                 result = self._retry_io(op, writing, args, kwargs)
-            self._turn = _READ
+            self._turn = direction
             return result
     else:
         def method(self, *args):
-            if self._turn is _WRITE:
+            if self._turn is opposite:
                 _turnaround()
             try:
                 result = op(self, *args)
@@ -125,7 +113,7 @@ def _cooperative(op, writing, keywords=False):
                 result = None
             if result is None:
                 result = self._retry_io(op, writing, args, {})
-            self._turn = _READ
+            self._turn = direction
             return result
 
     method.__name__ = method.__qualname__ = op.__name__
