@@ -534,8 +534,7 @@ def _cancel(job, waiter):
         # taken), and its next park raises CancelledError instead.
         job.cancelled = True
         waiter._resume()
-    if job.worker is None:  # it ended at once
-        job.exc = job.result = None
+    # (If the job ended here, the worker dropped its outcome already: it is abandoned.)
 
 
 def in_green_context():
