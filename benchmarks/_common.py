@@ -16,8 +16,8 @@ import time
 from greenasync.testing.redis_server import PrivateRedis, free_port, raise_nofile, reachable
 
 __all__ = [
-    "alternate_async", "percentile", "report", "machine", "free_port", "reachable", "PrivateRedis",
-    "loop_factories", "raise_nofile", "plot",
+    "alternate_async", "percentile", "summary", "summary_columns", "report", "machine",
+    "free_port", "reachable", "PrivateRedis", "loop_factories", "raise_nofile", "plot",
 ]
 
 
@@ -89,6 +89,30 @@ class Column:
     def __init__(self, key, label, scale=1.0, digits=1, ratio=None, spread=False, width=9):
         self.key, self.label, self.scale, self.digits = key, label, scale, digits
         self.ratio, self.spread, self.width = ratio, spread, width
+
+
+def summary(lats, elapsed, cpu, done):
+    """One sample's figures: ``lats`` the latency of every operation (seconds, sorted here),
+    ``elapsed``/``cpu`` wall and process CPU seconds, ``done`` each worker's count of
+    operations (or of operation pairs). Throughput = operations / time until the last worker
+    stopped (a worker starved past the deadline lowers it); fair = the least busy worker's
+    count ÷ the mean (1: all workers served alike; near 0: some starved)."""
+    lats.sort()
+    n = len(lats)
+    return {"ops_s": n / elapsed, "p50": percentile(lats, 50), "p99": percentile(lats, 99),
+            "cpu_op": cpu / n if n else None,
+            "fair": min(done) / (sum(done) / len(done)) if sum(done) else None}
+
+
+def summary_columns(cpu_digits):
+    """The table columns for summary()'s figures."""
+    return [
+        Column("ops_s", "ops/s", digits=0, ratio="higher", spread=True),
+        Column("p50", "p50 ms", scale=1e3, digits=2),
+        Column("p99", "p99 ms", scale=1e3, digits=2),
+        Column("cpu_op", "CPU µs/op", scale=1e6, digits=cpu_digits, ratio="lower"),
+        Column("fair", "fair", digits=2, width=5),
+    ]
 
 
 def medians(samples, key):

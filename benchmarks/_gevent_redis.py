@@ -1,7 +1,7 @@
 """bench_redis's gevent alternative, in its own process: ``gevent.monkey.patch_all()`` first,
 then C greenlets of sync redis-py doing the same SET/GET loop as the other alternatives.
-Prints one JSON line: ops, elapsed, cpu (process_time delta), p50, p99 (seconds), fair (the
-least busy greenlet's operations ÷ the mean).
+Prints one JSON line: ``_common.summary()`` of the measured phase (ops_s, p50, p99, cpu_op,
+fair), as bench_redis computes it for the other alternatives.
 
     python benchmarks/_gevent_redis.py --port 6379 --concurrency 100 --duration 1 \
         --warmup 0.3 --parser hiredis
@@ -19,6 +19,8 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 import redis  # noqa: E402
 import redis.connection  # noqa: E402
+
+from _common import summary  # noqa: E402
 
 VALUE = b"x" * 100
 
@@ -69,14 +71,9 @@ def main():
         host=args.host, port=args.port, max_connections=c, parser_class=parser_class))
     phase(r, c, args.warmup, warm=True)
     gc.collect()
-    lats, elapsed, cpu, pairs = phase(r, c, args.duration)
+    result = summary(*phase(r, c, args.duration))
     r.close()
-    lats.sort()
-    n = len(lats)
-    print(json.dumps({"ops": n, "elapsed": elapsed, "cpu": cpu,
-                      "p50": lats[max(0, -(-n * 50 // 100) - 1)],
-                      "p99": lats[max(0, -(-n * 99 // 100) - 1)],
-                      "fair": min(pairs) / (sum(pairs) / len(pairs)) if sum(pairs) else None}))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ import pymongo
 import greenasync
 import greenasync.mongo
 from _common import (
-    Column, alternate_async, goal, loop_factories, machine, medians, paired_ratio, percentile,
-    plot, table, versions,
+    alternate_async, goal, loop_factories, machine, medians, paired_ratio, plot, summary,
+    summary_columns, table, versions,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -114,13 +114,7 @@ async def phase(op, c, duration, warm=False):
     cpu0, t0 = time.process_time(), time.perf_counter()
     deadline = t0 + duration
     done = await asyncio.gather(*(worker(op, deadline, lats, warm) for _ in range(c)))
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    lats.sort()
-    n = len(lats)
-    # as in bench_redis: ops / time until the last worker stopped; fair = least busy ÷ mean
-    return {"ops_s": n / elapsed, "p50": percentile(lats, 50), "p99": percentile(lats, 99),
-            "cpu_op": cpu / n if n else None,
-            "fair": min(done) / (sum(done) / len(done)) if sum(done) else None}
+    return summary(lats, time.perf_counter() - t0, time.process_time() - cpu0, done)
 
 
 async def sample(alt, op_name, c, args):
@@ -139,13 +133,7 @@ async def run_config(loop_name, op_name, c, args, all_results):
     results = await alternate_async(args.rounds, args.alternatives,
                                     lambda alt: sample(alt, op_name, c, args),
                                     failures=f"{op_name} C={c}")
-    table(f"[{loop_name}] {OPS[op_name]} C={c}", results, GREEN, [
-        Column("ops_s", "ops/s", digits=0, ratio="higher", spread=True),
-        Column("p50", "p50 ms", scale=1e3, digits=2),
-        Column("p99", "p99 ms", scale=1e3, digits=2),
-        Column("cpu_op", "CPU µs/op", scale=1e6, digits=0, ratio="lower"),
-        Column("fair", "fair", digits=2, width=5),
-    ])
+    table(f"[{loop_name}] {OPS[op_name]} C={c}", results, GREEN, summary_columns(cpu_digits=0))
     all_results[(loop_name, op_name, c)] = results
 
 

@@ -53,8 +53,8 @@ import redis.connection
 import greenasync
 import greenasync.redis
 from _common import (
-    Column, PrivateRedis, alternate_async, goal, loop_factories, machine, medians, paired_ratio,
-    percentile, plot, raise_nofile, table, versions,
+    PrivateRedis, alternate_async, goal, loop_factories, machine, medians, paired_ratio, plot,
+    raise_nofile, summary, summary_columns, table, versions,
 )
 
 VALUE = b"x" * 100
@@ -173,17 +173,6 @@ async def phase(ops_for, c, duration, warm=False):
     return lats, t1 - t0, cpu1 - cpu0, pairs
 
 
-def summary(lats, elapsed, cpu, pairs):
-    """Throughput = operations / time until the last worker stopped (a worker starved past
-    the deadline lowers it); fair = the least busy worker's operations ÷ the mean (1: all
-    workers served alike; near 0: some starved)."""
-    lats.sort()
-    n = len(lats)
-    return {"ops_s": n / elapsed, "p50": percentile(lats, 50), "p99": percentile(lats, 99),
-            "cpu_op": cpu / n if n else None,
-            "fair": min(pairs) / (sum(pairs) / len(pairs)) if sum(pairs) else None}
-
-
 async def setup(alt, c, parser, host, port):
     """-> (ops_for(i) -> (set, get) coroutine functions, async close())."""
     loop = asyncio.get_running_loop()
@@ -235,9 +224,7 @@ async def sample(alt, c, parser, args):
         if out.returncode:
             print(f"  gevent failed: {out.stderr.strip().splitlines()[-1:]}")
             return None
-        d = json.loads(out.stdout.splitlines()[-1])
-        return {"ops_s": d["ops"] / d["elapsed"], "p50": d["p50"], "p99": d["p99"],
-                "cpu_op": d["cpu"] / d["ops"], "fair": d["fair"]}
+        return json.loads(out.stdout.splitlines()[-1])  # its summary()
     if alt == "redis-py sync":
         greenasync.unpatch("redis")
         r = sync_client(host, port, 1, parser)
@@ -275,13 +262,7 @@ async def run_config(loop_name, parser, c, args, all_results):
     alts = [a for a in args.alternatives if a != "redis-py sync" or c == 1]
     results = await alternate_async(args.rounds, alts, lambda alt: sample(alt, c, parser, args),
                                     failures=f"C={c} {parser}")
-    table(f"[{loop_name}, {parser}] C={c}", results, GREEN, [
-        Column("ops_s", "ops/s", digits=0, ratio="higher", spread=True),
-        Column("p50", "p50 ms", scale=1e3, digits=2),
-        Column("p99", "p99 ms", scale=1e3, digits=2),
-        Column("cpu_op", "CPU µs/op", scale=1e6, digits=1, ratio="lower"),
-        Column("fair", "fair", digits=2, width=5),
-    ])
+    table(f"[{loop_name}, {parser}] C={c}", results, GREEN, summary_columns(cpu_digits=1))
     all_results[(loop_name, parser, c)] = results
 
 
