@@ -162,7 +162,9 @@ class _Gate:
     def __init__(self):
         self._block = _allocate_lock()
         self._mutex = _allocate_lock()
-        self._waiters = _deque()
+        # The FIFO of _Entry, made at the first contention: an empty deque costs ~760 bytes,
+        # and a client keeps a lock per connection that is rarely contended.
+        self._waiters = ()
         self._owner = None  # RLock: _me() of the owner; Lock: the acquiring greenlet
         self._count = 0
 
@@ -172,7 +174,9 @@ class _Gate:
     def _at_fork_reinit(self):
         self._block = _allocate_lock()
         self._mutex = _allocate_lock()
-        self._waiters = _deque()
+        # The FIFO of _Entry, made at the first contention: an empty deque costs ~760 bytes,
+        # and a client keeps a lock per connection that is rarely contended.
+        self._waiters = ()
         self._owner = None
         self._count = 0
 
@@ -198,6 +202,8 @@ class _Gate:
                     "again. Take the lock inside greenasync.run() or from another thread."
                 )
             entry = _Entry(me, count)
+            if not self._waiters:  # () or a drained deque: nobody else holds a reference
+                self._waiters = _deque()
             self._waiters.append(entry)
         try:
             if self._park(entry, None if timeout == -1 else timeout):
