@@ -37,6 +37,12 @@ def __getattr__(name):
     return getattr(_std, name)
 
 
+# The stdlib's integer constants as globals, so that reading ``select.POLLIN`` does not go
+# through __getattr__ (redis-py's hiredis parser reads it for its can_read() probe before
+# every command).
+globals().update((k, v) for k, v in vars(_std).items() if k.isupper() and type(v) is int)
+
+
 def __dir__():
     return sorted(set(dir(_std)) | set(globals()))
 
@@ -118,7 +124,9 @@ class poll:
         del self._masks[_fileno(fd)]
 
     def poll(self, timeout=None):
-        if not _in_green_context():
+        # A zero timeout never waits (the stdlib call as is, arguments and all): that is the
+        # can_read() probe redis-py makes before every command.
+        if timeout == 0 or not _in_green_context():
             return self._poll.poll(timeout)
         if timeout is not None:
             timeout = _number(timeout, "timeout must be an integer or None")
