@@ -174,8 +174,6 @@ class _Gate:
     def _at_fork_reinit(self):
         self._block = _allocate_lock()
         self._mutex = _allocate_lock()
-        # The FIFO of _Entry, made at the first contention: an empty deque costs ~760 bytes,
-        # and a client keeps a lock per connection that is rarely contended.
         self._waiters = ()
         self._owner = None
         self._count = 0
