@@ -109,6 +109,20 @@ async def test_poll_register_modify_unregister_and_wait(ticker):
             assert str(ours_err.value) == str(ref_err.value)
 
 
+async def test_poll_with_a_zero_timeout_answers_at_once_without_parking():
+    # redis-py's can_read() probe makes this call before every command: it must stay the
+    # stdlib's non-blocking check, in green context too.
+    a, b = std.socketpair()
+    with a, b:
+        poller = gselect.poll()
+        poller.register(a, gselect.POLLIN)
+        parks = greenasync.statistics().parks
+        assert await greenasync.run(poller.poll, 0) == []
+        b.send(b"x")
+        assert await greenasync.run(poller.poll, 0.0) == [(a.fileno(), gselect.POLLIN)]
+        assert greenasync.statistics().parks == parks
+
+
 async def test_poll_reports_a_hangup_on_a_read_watch():
     a, b = std.socketpair()
     with a:
