@@ -28,14 +28,22 @@ The server is a private redis-server with ``--maxclients`` above 2N and ``--tcp-
 4096``; the children raise their soft RLIMIT_NOFILE to the hard limit. Samples alternate
 between the alternatives, round by round; ratios are to redis.asyncio.
 
+--traced splits the memory: each child starts tracemalloc after its baseline, and once the
+calls are parked reports (on SIGUSR1 from the parent) the Python heap they hold: every
+allocation of CPython's allocators, greenlet's copies of parked C stacks included, and not
+the interpreter's data stacks (mmap) or what the allocators keep after frees. tracemalloc's
+own tables add to RSS, so a --traced run reports no goal: read its "traced" column beside
+the RSS of a run without it.
+
     python benchmarks/bench_memory.py [--rounds 3] [--calls 1000,10000] [--parsers hiredis,python]
-        [--quick]
+        [--traced] [--quick]
 """
 
 import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,7 +66,7 @@ def rss_kb(pid="self"):
 # --- the child ----------------------------------------------------------------------------
 
 
-def child(alt, n, port, parser):
+def child(alt, n, port, parser, traced):
     import concurrent.futures
 
     import redis
@@ -80,11 +88,20 @@ def child(alt, n, port, parser):
     def say(**kw):
         print(json.dumps(kw), flush=True)
 
+    def baseline():
+        say(baseline=rss_kb())
+        if traced:  # from here on: what the parked calls allocate (see --traced)
+            import tracemalloc
+
+            tracemalloc.start()
+            signal.signal(signal.SIGUSR1,
+                          lambda *_: say(traced=tracemalloc.get_traced_memory()[0]))
+
     if alt == "threads":
         greenasync.unpatch("redis")
         r = redis.Redis.from_pool(sync_pool())
         r.ping()
-        say(baseline=rss_kb())
+        baseline()
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=n)
         futures = []
         try:
@@ -111,7 +128,7 @@ def child(alt, n, port, parser):
                 parser_class=mod._AsyncHiredisParser if hiredis else mod._AsyncRESP2Parser,
                 **settings))
         await r.ping()
-        say(baseline=rss_kb())
+        baseline()
         tasks = [asyncio.ensure_future(r.blpop(f"mem:{i}", 0)) for i in range(n)]
         say(started=len(tasks))
         done, _ = await asyncio.wait(tasks, timeout=3600, return_when=asyncio.FIRST_EXCEPTION)
@@ -135,7 +152,8 @@ def sample(alt, n, parser, server, args):
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--child", alt, "--n", str(n), "--port",
-         str(server.port), "--parser", parser], stdout=subprocess.PIPE, text=True)
+         str(server.port), "--parser", parser] + (["--traced"] if args.traced else []),
+        stdout=subprocess.PIPE, text=True)
     try:
         first = json.loads(proc.stdout.readline() or "{}")
         if "baseline" not in first:
@@ -153,15 +171,20 @@ def sample(alt, n, parser, server, args):
             time.sleep(0.1)
         park_time = last_at - started
         time.sleep(args.settle)
+        if args.traced and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.5)
         rss = rss_kb(proc.pid) if proc.poll() is None else None
         count, _ = blocked(server)
     finally:
         proc.kill()
         out, _ = proc.communicate()
+    traced = None
     for line in out.splitlines():
         msg = json.loads(line)
         if "error" in msg:
             print(f"  {alt} N={n} {parser}: {msg['error']}")
+        traced = msg.get("traced", traced)
     # Wait for the server to drop the dead child's connections before the next sample.
     deadline = time.monotonic() + 60
     while blocked(server)[1] > 1 and time.monotonic() < deadline:
@@ -171,6 +194,7 @@ def sample(alt, n, parser, server, args):
     base = first["baseline"]
     return {"rss": rss * 1024, "base": base * 1024, "delta": (rss - base) * 1024,
             "per_call": (rss - base) * 1024 / max(count, 1), "parked": count,
+            "traced_call": None if traced is None else traced / max(count, 1),
             "park_s": park_time, "total_s": time.monotonic() - t0}
 
 
@@ -184,13 +208,15 @@ def main():
                         "this long")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     p.add_argument("--parsers", default="hiredis,python")
+    p.add_argument("--traced", action="store_true",
+                   help="also report the Python heap held per parked call (tracemalloc)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--parser", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return child(args.child, args.n, args.port, args.parser)
+        return child(args.child, args.n, args.port, args.parser, args.traced)
     if args.quick:
         args.rounds, args.settle = 1, 0.3
         if args.calls == p.get_default("calls"):
@@ -223,10 +249,14 @@ def run_config(n, parser, server, args):
         Column("rss", "RSS MB", scale=1e-6, digits=1, ratio="lower", spread=True, width=8),
         Column("delta", "Δ MB", scale=1e-6, digits=1, ratio="lower", width=8),
         Column("per_call", "KB/call", scale=1e-3, digits=1, width=8),
+    ] + ([Column("traced_call", "traced KB/call", scale=1e-3, digits=1, width=15)]
+         if args.traced else []) + [
         Column("park_s", "park s", digits=2, width=7),
     ])
     print("  (ratios: × redis.asyncio)")
-    if n >= 10000:
+    if args.traced:
+        print("  (--traced: RSS includes tracemalloc's own tables; no goal is read from it)")
+    elif n >= 10000:
         goal(f"N={n} {parser}: greenasync RSS ÷ redis.asyncio RSS",
              paired_ratio(results, GREEN, "redis.asyncio", "rss"), "<=", 1.25)
 
