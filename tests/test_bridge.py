@@ -315,6 +315,33 @@ async def test_cancel_throws_into_the_wait_and_unregisters_the_fd():
         assert await greenasync.run(greenasync.wait_readable, a, 1) is True
 
 
+async def test_cancel_while_yielding_is_raised_at_the_next_yield():
+    # A yield (sleep(0), turnaround) is over before the task's next step, so a cancellation
+    # that arrives during it cannot be thrown in there: the worker gets its yield back and
+    # the next wait raises, as for a wait whose wake-up had already come.
+    yields = []
+
+    def spins():
+        try:
+            while True:
+                greenasync.sleep(0)
+                yields.append(1)
+        except asyncio.CancelledError:
+            yields.append("cancelled")
+            raise
+
+    task = asyncio.ensure_future(greenasync.run(spins))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert greenasync.statistics().parked["sleep"] == 1  # between two rounds, yielding
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert yields[-2:] == [1, "cancelled"]  # resumed once, then cancelled at its next yield
+    assert greenasync.statistics().parked["sleep"] == 0
+    assert hub().active == 0 and len(hub().idle) == 1
+
+
 async def test_wait_for_timeout_cancels_the_greenlet_and_its_timer():
     finished = []
 
