@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 import traceback
+import weakref
 
 import pytest
 
@@ -91,6 +92,25 @@ async def test_concurrent_calls_create_at_most_peak_concurrency_workers():
     for _ in range(20):
         await asyncio.gather(*[greenasync.run(greenasync.sleep, 0.001) for _ in range(50)])
     assert h.spawned - before <= 50
+
+
+@pytest.mark.parametrize("nargs", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("keywords", [False, True])
+async def test_an_idle_worker_keeps_nothing_of_its_last_call(nargs, keywords):
+    # Every way _main calls a job (a fixed count of 0-3 arguments, or *args/**kwargs).
+    class Thing:
+        pass
+
+    def fn(*args, **kwargs):
+        return Thing()
+
+    args = [Thing() for _ in range(nargs)]
+    kwargs = {"key": Thing()} if keywords else {}
+    result = await greenasync.run(fn, *args, **kwargs)
+    refs = [weakref.ref(x) for x in [fn, result, *args, *kwargs.values()]]
+    del fn, result, args, kwargs
+    assert len(hub().idle) == 1  # the worker is idle, not ended
+    assert [ref() for ref in refs] == [None] * len(refs)
 
 
 async def test_call_that_never_waits_completes_without_a_loop_iteration():
