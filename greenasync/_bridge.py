@@ -37,7 +37,7 @@ full one every ~4,000, 5-7 µs per call at C=100), and the future it awaits is t
 cancellation arrives through.
 
 A call that never parks completes inside ``run()``'s first switch, with no future and no
-loop iteration; a fairness rule (``_FAIR_STREAK``) still yields to the loop after a streak
+loop iteration; a fairness rule (``_FAIR_SLICE``) still yields to the loop after a streak
 of such calls, or one coroutine on a fast connection would starve all others. For the same
 reason the socket shims call ``turnaround()`` where a connection turns from sending to
 reading or back (see there).
@@ -98,10 +98,14 @@ TIMED_OUT = _TimedOut()
 # wait; with no rule one coroutine calling in a loop never lets the loop run (a "convoy":
 # p50 0.2 ms, p99 > 1 s measured at C=100). After a call that did not park, run() yields
 # once to the loop if other callbacks are already queued (asyncio exposes its ready queue;
-# yielding then costs nothing extra, that iteration was due anyway), and in any case after
-# _FAIR_STREAK such calls in a row, so fds and timers get polled. Yielding on every call
-# instead costs a loop iteration per call (~3 µs on asyncio here) when nobody else waits.
-_FAIR_STREAK = 8
+# yielding then costs nothing extra, that iteration was due anyway), and in any case once a
+# streak of such calls has lasted _FAIR_SLICE seconds, so fds and timers get polled. Yielding
+# on every call instead costs a loop iteration per call (~3 µs on asyncio here) when nobody
+# else waits. The streak is timed, not counted: what the rule bounds is how long the loop
+# waits, and calls range from 1 µs to milliseconds. (Counted, every 8th call yielded: a
+# loop iteration per 8 trivial calls, 13% of their cost; a clock read per call, ~0.1 µs
+# here, is 3-4%.)
+_FAIR_SLICE = 0.0005
 
 # Kinds of parked waits, for greenasync.statistics(): each park stores its kind on the
 # Waiter (waits in progress are found through _Hub.workers, off the hot path) and bumps
@@ -173,7 +177,7 @@ class _Hub:
     """Per-event-loop state: the root greenlet, idle workers, fd waiters, counters."""
 
     __slots__ = (
-        "loop", "root", "thread_id", "idle", "readers", "writers", "streak", "ready",
+        "loop", "root", "thread_id", "idle", "readers", "writers", "streak_end", "ready",
         "calls", "active", "park_kinds", "spawned", "cancels", "workers",
         "poller", "owners", "deadlines", "stale", "timer", "timer_when",
     )
@@ -185,7 +189,7 @@ class _Hub:
         self.idle = []
         self.readers = {}  # fd -> Waiter parked on readability
         self.writers = {}  # fd -> Waiter parked on writability
-        self.streak = 0
+        self.streak_end = 0.0  # when the current streak of calls that did not park must yield
         # The loop's queue of ready callbacks, where the loop exposes it (asyncio's
         # BaseEventLoop, so Tornado's too); uvloop does not, and relies on the streak alone.
         ready = getattr(loop, "_ready", None)
@@ -490,13 +494,20 @@ async def run(fn, /, *args, **kwargs):
         worker = _Worker(hub, job)
         state = worker.switch()
     if state is _DONE:
-        # Finished without a loop iteration; see _FAIR_STREAK for when we yield anyway.
-        hub.streak += 1
-        if hub.ready or hub.streak >= _FAIR_STREAK:
-            hub.streak = 0
+        # Finished without a loop iteration; see _FAIR_SLICE for when we yield anyway.
+        if hub.ready:
+            hub.streak_end = 0.0
             await _yield_now()
+        else:
+            now = _monotonic()
+            end = hub.streak_end
+            if not end:
+                hub.streak_end = now + _FAIR_SLICE  # the first call of a streak
+            elif now >= end:
+                hub.streak_end = 0.0
+                await _yield_now()
     else:
-        hub.streak = 0
+        hub.streak_end = 0.0
         # Parked: wait for the waiter's wake-up, switch it in, until the job is done. Each
         # stretch runs in this task's step.
         while True:
