@@ -8,6 +8,7 @@ calls started at once.
 
 import asyncio
 import gc
+import os
 import threading
 import time
 
@@ -34,12 +35,19 @@ async def test_socket_waits_use_the_private_set_not_the_loop():
         for _ in range(3):
             loop.call_later(0.01, b.send, b"x")
             assert await greenasync.run(recv_one, a) == b"x"
-        # The fd joined the hub's epoll set once and stays there between waits; the loop
-        # itself only ever sees the epoll fd.
-        assert hub().owners[a.fileno()]() is a
+        # The fd joined the hub's epoll set once and stays there between waits (the socket
+        # is marked as registered); the loop itself only ever sees the epoll fd.
+        assert a._epoll_id == hub().epoll_id
         assert not loop.remove_reader(a.fileno())
         fd = a.fileno()
-    assert fd not in hub().owners  # close() took it out of the set
+        keep = os.dup(fd)  # the file outlives a.close(), as after a fork or a dup
+        try:
+            a.close()
+            b.send(b"z")
+            # Left in the set, the file would still report through the closed fd number.
+            assert fd not in dict(hub().poller.poll(0))
+        finally:
+            os.close(keep)
 
 
 async def test_fd_closed_in_another_thread_can_be_reused_by_the_loop():
@@ -80,7 +88,6 @@ async def test_fd_of_a_collected_socket_is_registered_again_for_its_next_owner()
         warnings.simplefilter("ignore", ResourceWarning)
         del a
         gc.collect()
-    assert hub().owners[fd]() is None  # a dead owner: the entry is known to be stale
     c, d = green_socket.socketpair()
     with b, c, d:
         reader = c if c.fileno() == fd else d
@@ -88,7 +95,7 @@ async def test_fd_of_a_collected_socket_is_registered_again_for_its_next_owner()
         assert reader.fileno() == fd, "the fd number was not reused; test is moot"
         loop.call_later(0.01, writer.send, b"y")
         assert await asyncio.wait_for(greenasync.run(recv_one, reader), 2) == b"y"
-        assert hub().owners[fd]() is reader
+        assert reader._epoll_id == hub().epoll_id
 
 
 async def test_public_wait_readable_sees_data_that_arrived_before_the_wait():

@@ -126,7 +126,7 @@ class socket(_std.socket, metaclass=_StandIn):
     greenlet it behaves exactly like the stdlib class (it is a subclass of it, and
     ``isinstance(stdlib_socket, socket)`` is true as well)."""
 
-    __slots__ = ("_timeout", "_turn")
+    __slots__ = ("_timeout", "_turn", "_epoll_id")
     _greenasync_stdlib_class = _std.socket
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
@@ -136,6 +136,7 @@ class socket(_std.socket, metaclass=_StandIn):
         # make the OS socket non-blocking for good.
         self._timeout = _C.gettimeout(self)
         self._turn = None  # _READ or _WRITE: the direction of the last completed operation
+        self._epoll_id = 0  # the epoll_id of the hub whose epoll set has the fd (see watch_fd)
         _C.settimeout(self, 0.0)
 
     def _real_close(self, _ss=_C):
