@@ -45,6 +45,7 @@ reading or back (see there).
 
 import asyncio
 import contextvars
+import inspect
 import itertools
 import select
 import threading
@@ -76,6 +77,8 @@ _monotonic = time.monotonic
 _get_ident = threading.get_ident
 _get_running_loop = asyncio._get_running_loop  # None instead of raising; public alias in 3.7+
 _CancelledError = asyncio.CancelledError
+_CoroutineType = types.CoroutineType
+_iscoroutinefunction = inspect.iscoroutinefunction
 
 _DONE = object()  # a worker finished its job (switched to the root)
 _PARKED = object()  # a worker parked on a Waiter (switched to the root)
@@ -479,7 +482,9 @@ async def run(fn, /, *args, **kwargs):
     are copied in. Cancelling the awaiting task throws ``asyncio.CancelledError`` into the
     greenlet at its current wait, so ``finally`` blocks and the library's own cleanup run.
 
-    Raises :class:`NoRunningLoopError` when no event loop is running in this thread.
+    Raises :class:`NoRunningLoopError` when no event loop is running in this thread, and
+    ``TypeError`` when ``fn`` is a coroutine function (after the call made its coroutine,
+    which is closed): await that directly.
     """
     hub = _last_hub  # inlined fast path of _running_hub(): this is the per-call hot path
     if hub is None or hub.loop is not _get_running_loop() or getcurrent() is not hub.root:
@@ -542,7 +547,17 @@ async def run(fn, /, *args, **kwargs):
             raise exc
         finally:
             exc = None
-    return job.result
+    result = job.result
+    # A sync function may return a coroutine (a factory), but an `async def` passed here is a
+    # mistake that would otherwise surface as a coroutine object where a value was expected.
+    # Checked only on a coroutine result: one type comparison per call.
+    if type(result) is _CoroutineType and _iscoroutinefunction(fn):
+        result.close()  # never awaited: no RuntimeWarning on top of the error
+        raise TypeError(
+            f"greenasync.run() runs sync code in a worker greenlet, but {fn!r} is a coroutine "
+            "function: await it directly instead"
+        )
+    return result
 
 
 @types.coroutine

@@ -2,10 +2,12 @@
 
 import asyncio
 import contextvars
+import gc
 import socket
 import threading
 import time
 import traceback
+import warnings
 import weakref
 
 import pytest
@@ -39,6 +41,30 @@ async def test_run_raises_original_exception_with_traceback():
     assert info.value.args == ("boom",)
     names = [frame.name for frame in traceback.extract_tb(info.value.__traceback__)]
     assert "fails" in names
+
+
+async def test_run_of_a_coroutine_function_is_a_type_error():
+    async def not_sync():
+        return 1
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TypeError, match="is a coroutine function: await it directly"):
+            await greenasync.run(not_sync)
+        gc.collect()
+    # The coroutine it made was closed: no "never awaited" warning on top of the error.
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+async def test_a_sync_function_may_return_a_coroutine():
+    async def later():
+        return 2
+
+    def factory():
+        return later()
+
+    coro = await greenasync.run(factory)
+    assert await coro == 2
 
 
 async def test_exception_after_park_keeps_class_and_traceback():
