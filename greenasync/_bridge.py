@@ -133,6 +133,7 @@ _MAX_IDLE = 1024
 # monitor resetting its pool) cannot leave a stale entry behind that would swallow the next
 # registration of the same fd number by the loop or by an asyncio transport.
 _EPOLL = getattr(select, "epoll", None)  # Linux; elsewhere each wait uses add_reader/remove_reader
+_epoll_ids = itertools.count(1)  # a socket's _epoll_id is 0 until a hub registers it
 if _EPOLL is not None:
     _EPOLL_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
     _EPOLL_READ = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
@@ -145,7 +146,6 @@ if _EPOLL is not None:
 # timer armed for the earliest; a waiter woken otherwise leaves a stale entry, dropped when
 # it reaches the top or when stale entries make up half of a big heap.
 _seq = itertools.count()
-_epoll_ids = itertools.count(1)  # a socket's _epoll_id is 0 until a hub registers it
 _MAX_TIMER = 86400.0
 _COMPACT_MIN = 256
 
